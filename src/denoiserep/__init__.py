@@ -1,0 +1,1 @@
+"""DenoiseRep: denoising model for representation learning."""
