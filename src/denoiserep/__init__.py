@@ -1,1 +1,55 @@
-"""DenoiseRep: denoising model for representation learning."""
+"""DenoiseRep: denoising model for representation learning, fused exactly into the backbone.
+
+import denoiserep as dr
+model = dr.convert(model, dr.DenoiseConfig(targets="all"), example_input=x)
+dr.set_phase(model, "joint")
+loss = task_loss + cfg.loss_weight * dr.denoise_loss(model)
+plain = dr.fuse(model)
+"""
+
+from .core.config import DenoiseConfig
+from .core.convert import (
+    config_of,
+    convert,
+    denoise_layers,
+    denoise_loss,
+    denoise_losses,
+    denoiser_parameters,
+    fuse,
+    get_phase,
+    is_converted,
+    set_phase,
+    train_frozen_backbone,
+    unwrap,
+)
+from .core.fusion import apply_channel_map, fuse_weight, reverse_step_matrix
+from .core.io import load_converted, save_converted
+from .core.layer import DenoiseLayer
+from .core.schedule import NoiseSchedule, cosine_schedule, linear_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DenoiseConfig",
+    "DenoiseLayer",
+    "NoiseSchedule",
+    "apply_channel_map",
+    "config_of",
+    "convert",
+    "cosine_schedule",
+    "denoise_layers",
+    "denoise_loss",
+    "denoise_losses",
+    "denoiser_parameters",
+    "fuse",
+    "fuse_weight",
+    "get_phase",
+    "is_converted",
+    "linear_schedule",
+    "load_converted",
+    "reverse_step_matrix",
+    "save_converted",
+    "set_phase",
+    "train_frozen_backbone",
+    "unwrap",
+]

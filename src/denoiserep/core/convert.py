@@ -1,0 +1,315 @@
+"""Model-level life cycle: convert -> set_phase / denoise_loss -> fuse (PEFT's inject / merge)."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import DenoiseConfig
+from .layer import PHASES, SUPPORTED_TYPES, DenoiseLayer, is_supported
+
+_STATE = "_denoiserep"
+_KIND_TYPES = {
+    "linear": (nn.Linear,),
+    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "all": SUPPORTED_TYPES,
+}
+
+
+@dataclass
+class ConvertState:
+    """What a converted model remembers: its config and the parameters frozen before conversion."""
+
+    config: DenoiseConfig
+    frozen: frozenset[str]
+    phase: str = "joint"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def is_converted(model: nn.Module) -> bool:
+    """True if ``model`` holds DenoiseRep layers."""
+    return any(isinstance(m, DenoiseLayer) for m in unwrap(model).modules())
+
+
+def _excluded(name: str, patterns: list[str]) -> bool:
+    parts = name.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(p, pat) for p in prefixes for pat in patterns)
+
+
+def select_targets(model: nn.Module, config: DenoiseConfig) -> dict[str, nn.Module]:
+    """The modules ``config.targets`` names, by qualified name, in registration order."""
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    if isinstance(config.targets, str) and config.targets in _KIND_TYPES:
+        kinds = _KIND_TYPES[config.targets]
+        chosen = {n: m for n, m in modules.items() if isinstance(m, kinds)}
+        skipped = [n for n, m in chosen.items() if not is_supported(m)]
+        if skipped:
+            warnings.warn(
+                f"DenoiseRep skips {len(skipped)} layer(s) whose class overrides forward "
+                f"(fusion would not be exact): {', '.join(skipped[:8])}",
+                stacklevel=3,
+            )
+        chosen = {n: m for n, m in chosen.items() if n not in skipped}
+    else:
+        patterns = [config.targets] if isinstance(config.targets, str) else config.targets
+        chosen = {}
+        for pattern in patterns:
+            hits = {n: m for n, m in modules.items() if fnmatch.fnmatchcase(n, pattern)}
+            wrappable = {n: m for n, m in hits.items() if is_supported(m)}
+            bad = [
+                n for n, m in hits.items() if isinstance(m, SUPPORTED_TYPES) and n not in wrappable
+            ]
+            if bad:
+                raise ValueError(
+                    f"target pattern {pattern!r} matches {bad[0]} "
+                    f"({type(modules[bad[0]]).__name__}), "
+                    "whose class overrides forward: its fusion would not be exact"
+                )
+            if not wrappable:
+                examples = [n for n, m in modules.items() if is_supported(m)][:6]
+                raise ValueError(
+                    f"target pattern {pattern!r} matches no Linear/Conv layer; "
+                    f"examples of layer names: {', '.join(examples)}"
+                )
+            chosen.update(wrappable)
+        chosen = {n: m for n, m in modules.items() if n in chosen}
+    chosen = {n: m for n, m in chosen.items() if not _excluded(n, config.exclude)}
+    if not chosen:
+        raise ValueError(f"no layer of {type(model).__name__} matches targets={config.targets!r}")
+    return chosen
+
+
+def _call(model: nn.Module, example_input: Any) -> None:
+    """Run the model on an example: a tuple is positional args, a dict keyword args."""
+    if isinstance(example_input, tuple):
+        model(*example_input)
+    elif isinstance(example_input, dict):
+        model(**example_input)
+    else:
+        model(example_input)
+
+
+def execution_order(
+    model: nn.Module, targets: dict[str, nn.Module], example_input: Any
+) -> list[str]:
+    """Names of ``targets`` in the order a forward on ``example_input`` first calls them.
+
+    The forward runs in eval mode without gradients, and every module's mode is restored after.
+    A target called more than once (shared weights) or never is an error naming it.
+    """
+    calls = dict.fromkeys(targets, 0)
+    order: list[str] = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: Any) -> None:
+            calls[name] += 1
+            if calls[name] == 1:
+                order.append(name)
+
+        return hook
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in targets.items()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            _call(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    repeated = [f"{n} ({c}x)" for n, c in calls.items() if c > 1]
+    if repeated:
+        raise ValueError(
+            f"layer(s) {', '.join(repeated)} run more than once per forward (shared weights?); "
+            "DenoiseRep gives each layer one timestep: "
+            "exclude them with DenoiseConfig(exclude=[...])"
+        )
+    never = [n for n, c in calls.items() if c == 0]
+    if never:
+        raise ValueError(
+            f"layer(s) {', '.join(never)} never run on example_input (their module's forward is "
+            "not called); exclude them with DenoiseConfig(exclude=[...])"
+        )
+    return order
+
+
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Swap ``old`` for ``new`` at every path where ``old`` is registered."""
+    for module in list(model.modules(remove_duplicate=False)):
+        for child_name, child in list(module.named_children()):
+            if child is old:
+                setattr(module, child_name, new)
+
+
+def convert(
+    model: nn.Module,
+    config: DenoiseConfig | None = None,
+    example_input: Any = None,
+    *,
+    timesteps: dict[str, int] | None = None,
+) -> nn.Module:
+    """Wrap the target layers of ``model`` (in place) with DenoiseRep layers and return it.
+
+    Timesteps follow execution order measured on ``example_input`` (a tensor, a tuple of
+    positional args, or a dict of keyword args): the first executed target gets
+    t = stride * N, the last t = stride. Pass ``timesteps`` (name -> t) instead to restore a
+    saved conversion. Denoisers start at zero, so the model equals the baseline up to the
+    1 / sqrt(alpha_t) scale of each reverse step.
+    """
+    config = config or DenoiseConfig()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert() needs an nn.Module, got {type(model).__name__}")
+    if is_converted(model):
+        raise ValueError(
+            "model is already converted; convert the original model, or fuse() this one"
+        )
+    targets = select_targets(model, config)
+    if timesteps is None:
+        if example_input is None:
+            raise ValueError("convert() needs example_input to order the layers by execution")
+        order = execution_order(model, targets, example_input)
+        n = len(order)
+        timesteps = {name: config.timestep_stride * (n - k) for k, name in enumerate(order)}
+    elif set(timesteps) != set(targets):
+        diff = sorted(set(timesteps) ^ set(targets))
+        raise ValueError(f"timesteps do not match the model's target layers: {', '.join(diff[:8])}")
+    too_late = {n: t for n, t in timesteps.items() if not 1 <= t <= config.timesteps}
+    if too_late:
+        raise ValueError(
+            f"{len(too_late)} layer(s) get a timestep outside 1..{config.timesteps} "
+            f"(e.g. {next(iter(too_late.items()))}): raise timesteps or lower timestep_stride"
+        )
+    schedule = config.build_schedule()
+    for name, module in targets.items():
+        layer = DenoiseLayer(
+            module, timesteps[name], schedule, name, config.loss, config.loss_fraction
+        )
+        _replace(model, module, layer)
+    frozen = frozenset(n for n, p in model.named_parameters() if not p.requires_grad)
+    setattr(model, _STATE, ConvertState(config, frozen))
+    set_phase(model, "joint")
+    return model
+
+
+def config_of(model: nn.Module) -> DenoiseConfig:
+    """The DenoiseConfig a converted model was built with."""
+    return _state(model).config
+
+
+def _state(model: nn.Module) -> ConvertState:
+    state = getattr(unwrap(model), _STATE, None)
+    if state is None:
+        raise ValueError("not a DenoiseRep model: call denoiserep.convert(model, config, x) first")
+    return state
+
+
+def _layers(model: nn.Module) -> Iterator[DenoiseLayer]:
+    return (m for m in unwrap(model).modules() if isinstance(m, DenoiseLayer))
+
+
+def denoise_layers(model: nn.Module) -> dict[str, DenoiseLayer]:
+    """Qualified name (in the original model) -> DenoiseLayer, in execution order (t falling)."""
+    _state(model)
+    return {layer.name: layer for layer in sorted(_layers(model), key=lambda m: -m.t)}
+
+
+def set_phase(model: nn.Module, phase: str) -> None:
+    """Choose what trains (DESIGN.md section 3).
+
+    ``denoiser``: only the denoisers (label-free; the forward uses the original weights).
+    ``backbone``: everything but the denoisers (forward through the fused weights).
+    ``joint``: both. Parameters frozen before conversion stay frozen. Wrap the model in
+    DistributedDataParallel after choosing the phase (DDP records trainable parameters).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    root = unwrap(model)
+    state = _state(root)
+    denoisers = set()
+    for layer in _layers(root):
+        layer.phase = phase
+        layer.D.requires_grad_(phase != "backbone")
+        denoisers.add(id(layer.D))
+    for name, p in root.named_parameters():
+        if id(p) not in denoisers:
+            p.requires_grad_(phase != "denoiser" and name not in state.frozen)
+    state.phase = phase
+
+
+def get_phase(model: nn.Module) -> str:
+    """The phase last set with :func:`set_phase`."""
+    return _state(model).phase
+
+
+def denoiser_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The denoisers' parameters (D of every layer), e.g. for their own optimizer group."""
+    return [layer.D for layer in _layers(model)]
+
+
+def denoise_losses(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per-layer noise-prediction losses of the last training forward (for logging)."""
+    return {n: m.last_loss for n, m in denoise_layers(model).items() if m.last_loss is not None}
+
+
+def denoise_loss(model: nn.Module, weighted: bool = False) -> torch.Tensor:
+    """Sum of the noise-prediction losses of the last training forward (times lambda if weighted).
+
+    Zero when the last forward computed none (eval mode, or phase ``backbone``).
+    """
+    losses = list(denoise_losses(model).values())
+    if not losses:
+        p = next(unwrap(model).parameters())
+        return torch.zeros((), device=p.device)
+    total = torch.stack([loss.float() for loss in losses]).sum()
+    return total * _state(model).config.loss_weight if weighted else total
+
+
+def train_frozen_backbone(model: nn.Module) -> None:
+    """Training mode for the denoisers only: every other module (BatchNorm, dropout) in eval.
+
+    Use it in phase ``denoiser`` so the frozen backbone really stays frozen (no BatchNorm
+    running-statistics updates) and computes exactly the baseline's eval outputs.
+    """
+    root = unwrap(model)
+    root.eval()
+    for layer in _layers(root):
+        layer.train()
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """A new plain model of the original classes with every denoising step folded in.
+
+    The result has the original architecture, ``state_dict`` keys, parameter count and FLOPs;
+    each fused weight is W A_t computed in float64 and cast back. ``model`` is not modified,
+    so training can continue and fusing again gives identical weights.
+    """
+    root = unwrap(model)
+    state = _state(root)
+    fused = copy.deepcopy(root)
+    for name, p in fused.named_parameters():
+        p.requires_grad_(name not in state.frozen)
+    for layer in list(_layers(fused)):
+        _replace(fused, layer, layer.to_fused())
+    delattr(fused, _STATE)
+    return fused

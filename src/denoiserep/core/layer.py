@@ -1,0 +1,175 @@
+"""DenoiseLayer: wraps one Linear / ConvNd with a linear denoiser, PEFT-adapter style."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fusion import apply_channel_map, fuse_weight, reverse_step_matrix
+from .schedule import NoiseSchedule
+
+PHASES = ("denoiser", "backbone", "joint")
+SUPPORTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BASE_FORWARDS = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
+
+
+def is_supported(module: nn.Module) -> bool:
+    """True for Linear / Conv1-3d and subclasses that keep the base class's forward."""
+    return isinstance(module, SUPPORTED_TYPES) and type(module).forward in _BASE_FORWARDS
+
+
+class DenoiseLayer(nn.Module):
+    """A target layer y = W x + b with a denoiser D predicting the noise in its input x.
+
+    * training, phase ``denoiser``: output of the original layer (bit for bit); D learns from
+      the noise-prediction loss on the layer's detached input.
+    * training, phase ``backbone`` / ``joint``: output of the fused layer W A_t, differentiable
+      in W (and in D for ``joint``).
+    * eval: output of the fused layer with W A_t computed in float64 and cast back, i.e. exactly
+      what :func:`denoiserep.fuse` exports. With ``explicit = True`` the reverse step is applied
+      to the input instead (the paper's unfused Figure 1(c), for benchmarks).
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        t: int,
+        schedule: NoiseSchedule,
+        name: str = "",
+        loss: str = "mse",
+        loss_fraction: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not is_supported(base_layer):
+            raise TypeError(f"{name or type(base_layer).__name__}: cannot wrap {base_layer!r}")
+        self.base_layer = base_layer
+        self.groups = getattr(base_layer, "groups", 1)
+        c_in = base_layer.weight.shape[1] * self.groups
+        w = base_layer.weight
+        self.D = nn.Parameter(
+            torch.zeros(c_in, c_in // self.groups, dtype=w.dtype, device=w.device)
+        )
+        self.schedule = schedule
+        self.name = name
+        self.loss = loss
+        self.loss_fraction = loss_fraction
+        self.phase = "joint"
+        self.explicit = False
+        self.last_loss: torch.Tensor | None = None
+        self._eval_cache: tuple[tuple, torch.Tensor] | None = None
+        self.t = t
+        self.train(base_layer.training)
+
+    # -- timestep -----------------------------------------------------------------------------
+    @property
+    def t(self) -> int:
+        return self._t
+
+    @t.setter
+    def t(self, value: int) -> None:
+        self._k, self._inv_sqrt_alpha = self.schedule.reverse_coefficients(int(value))
+        self._noise = self.schedule.noise_coefficients(int(value))
+        self._t = int(value)
+        self._eval_cache = None
+
+    @property
+    def strength(self) -> float:
+        """k_t: how strongly the predicted noise is removed at this layer's timestep."""
+        return self._k
+
+    # -- the denoising step ---------------------------------------------------------------------
+    @property
+    def channel_dim(self) -> int:
+        return -1 if isinstance(self.base_layer, nn.Linear) else 1
+
+    def reverse_matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A_t = (I - k_t D) / sqrt(alpha_t) in the compact grouped layout."""
+        D = self.D if dtype is None else self.D.to(dtype)
+        return reverse_step_matrix(D, self._k, self._inv_sqrt_alpha)
+
+    def fused_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """W A_t computed in ``dtype`` (default: the weight's), returned in the weight's dtype."""
+        w = self.base_layer.weight
+        with torch.autocast(w.device.type, enabled=False):
+            compute = w if dtype is None else w.to(dtype)
+            fused = fuse_weight(compute, self.reverse_matrix(compute.dtype), self.groups)
+        return fused.to(w.dtype)
+
+    def _exact_fused_weight(self) -> torch.Tensor:
+        """The export weight (float64 product), cached while W and D are unchanged and no grad."""
+        if torch.is_grad_enabled():
+            return self.fused_weight(torch.float64)
+        w, D = self.base_layer.weight, self.D
+        key = (w._version, D._version, w.data_ptr(), D.data_ptr(), w.dtype, self._t)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, self.fused_weight(torch.float64))
+        return self._eval_cache[1]
+
+    def denoise_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The explicit reverse step x' = A_t x on the channel dimension."""
+        return apply_channel_map(x, self.reverse_matrix(x.dtype), self.channel_dim)
+
+    # -- noise-prediction loss ------------------------------------------------------------------
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as a (tokens, C_in) matrix, subsampled to ``loss_fraction``."""
+        c = self.D.shape[0]
+        if isinstance(self.base_layer, nn.Linear):
+            flat = x.reshape(-1, c)
+            if self.loss_fraction >= 1.0:
+                return flat
+            return flat[self._sample(flat.shape[0], x.device)]
+        if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
+            x = x.unsqueeze(0)
+        flat = x.reshape(x.shape[0], c, -1)  # (N, C, pixels)
+        if self.loss_fraction >= 1.0:
+            return flat.transpose(1, 2).reshape(-1, c)
+        idx = self._sample(flat.shape[0] * flat.shape[2], x.device)
+        return flat[idx // flat.shape[2], :, idx % flat.shape[2]]
+
+    def _sample(self, n: int, device: torch.device) -> torch.Tensor:
+        m = max(1, round(self.loss_fraction * n))
+        return torch.randint(n, (m,), device=device)
+
+    def noise_prediction_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise the detached input to timestep t and score D's prediction of that noise."""
+        x0 = self._tokens(x.detach()).float()
+        eps = torch.randn_like(x0)
+        a, b = self._noise
+        pred = apply_channel_map(a * x0 + b * eps, self.D).float()
+        if self.loss == "mse":
+            return F.mse_loss(pred, eps)
+        if self.loss == "l1":
+            return F.l1_loss(pred, eps)
+        return F.l1_loss(pred, eps) + F.mse_loss(pred, eps)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _base_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.base_layer, nn.Linear):
+            return F.linear(x, weight, self.base_layer.bias)
+        return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_loss = None
+        if not self.training:
+            if self.explicit:
+                return self.base_layer(self.denoise_input(x))
+            return self._base_forward(x, self._exact_fused_weight())
+        if self.phase != "backbone":
+            self.last_loss = self.noise_prediction_loss(x)
+        if self.phase == "denoiser":
+            return self.base_layer(x)
+        return self._base_forward(x, self.fused_weight())
+
+    def to_fused(self) -> nn.Module:
+        """A new plain copy of the base layer with the denoising folded into its weight."""
+        with torch.no_grad():
+            weight = self.fused_weight(torch.float64)
+        fused = copy.deepcopy(self.base_layer)
+        fused.weight = nn.Parameter(weight, requires_grad=self.base_layer.weight.requires_grad)
+        return fused
+
+    def extra_repr(self) -> str:
+        return f"t={self._t}, k_t={self._k:.4g}, phase={self.phase}, D={tuple(self.D.shape)}"

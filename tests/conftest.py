@@ -1,0 +1,62 @@
+"""Shared test helpers: an independent reference for the DenoiseRep reverse step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+
+def reference_reverse_matrix(layer, dtype=torch.float64) -> torch.Tensor:
+    """Dense A_t = (I - k_t D) / sqrt(alpha_t), built from DESIGN.md section 2 directly."""
+    betas = layer.schedule.betas.to(torch.float64)
+    t = layer.t
+    beta = betas[t - 1].item()
+    abar = torch.prod(1 - betas[:t]).item()
+    k = beta / math.sqrt(1 - abar)
+    c_in, cg = layer.D.shape
+    blocks = [layer.D[m * cg : (m + 1) * cg].detach().to(torch.float64) for m in range(c_in // cg)]
+    D = torch.block_diag(*blocks)
+    return ((torch.eye(c_in, dtype=torch.float64) - k * D) / math.sqrt(1 - beta)).to(dtype)
+
+
+def add_reference_hooks(original: nn.Module, converted: nn.Module) -> list:
+    """Pre-hooks on the original model's target layers that apply x -> A_t x on the channel dim."""
+    import denoiserep as dr
+
+    modules = dict(original.named_modules())
+    handles = []
+    for name, layer in dr.denoise_layers(converted).items():
+        A = reference_reverse_matrix(layer)
+        channel_dim = -1 if isinstance(modules[name], nn.Linear) else 1
+
+        def hook(module, args, A=A, channel_dim=channel_dim):
+            (x,) = args
+            y = torch.einsum("ji,...i->...j", A.to(x.dtype), x.movedim(channel_dim, -1))
+            return (y.movedim(-1, channel_dim),)
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    return handles
+
+
+def randomize_denoisers(model: nn.Module, strength: float = 0.1, seed: int = 0) -> None:
+    """Non-trivial denoisers: each reverse step moves its input by about ``strength``."""
+    import denoiserep as dr
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in dr.denoise_layers(model).values():
+            c_in, cg = layer.D.shape
+            noise = torch.randn(c_in, cg, generator=g, dtype=torch.float64)
+            layer.D.copy_(noise * strength / (layer.strength * math.sqrt(cg)))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

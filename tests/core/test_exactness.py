@@ -1,0 +1,59 @@
+"""Fused model == explicit reference (reverse step applied before each original layer)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import denoiserep as dr
+from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
+
+MODELS = {
+    "timm_vit_tiny": lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10),
+    "timm_swin_tiny": lambda: timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=64, window_size=4, num_classes=10
+    ),
+    "timm_resnet18": lambda: timm.create_model("resnet18", num_classes=10),
+    "timm_convnext_atto": lambda: timm.create_model("convnext_atto", num_classes=10),
+    "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "tv_mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+}
+INPUT_SIZE = {"timm_vit_tiny": 32, "timm_swin_tiny": 64}
+# float64 depthwise convolutions take minutes on CPU: those models are checked in float32 only.
+FLOAT64 = ["timm_vit_tiny", "timm_swin_tiny", "timm_resnet18", "tv_resnet18"]
+CASES = [(n, torch.float32, 1e-5) for n in MODELS] + [(n, torch.float64, 1e-10) for n in FLOAT64]
+
+
+@pytest.mark.parametrize("name,dtype,tol", CASES, ids=[f"{n}-{str(d)[6:]}" for n, d, _ in CASES])
+def test_fused_equals_reference(name, dtype, tol):
+    torch.manual_seed(0)
+    original = MODELS[name]().to(dtype).eval()
+    size = INPUT_SIZE.get(name, 32)
+    x = torch.randn(2, 3, size, size, dtype=dtype)
+    converted = dr.convert(copy.deepcopy(original), dr.DenoiseConfig(targets="all"), x)
+    randomize_denoisers(converted, strength=0.1)
+    fused = dr.fuse(converted).eval()
+
+    with torch.no_grad():
+        baseline = original(x)
+        handles = add_reference_hooks(original, converted)
+        reference = original(x)
+        for h in handles:
+            h.remove()
+        out_fused = fused(x)
+        out_converted = converted(x)
+
+    assert type(fused) is type(original)
+    assert rel_err(reference, baseline) > 1e-2, "denoisers must change the output clearly"
+    assert rel_err(out_fused, reference) < tol
+    assert torch.equal(out_converted, out_fused), "eval-mode converted model == fused model"
+    assert fused.state_dict().keys() == original.state_dict().keys()
+    assert sum(p.numel() for p in fused.parameters()) == sum(
+        p.numel() for p in original.parameters()
+    )
+    fresh = MODELS[name]().to(dtype)
+    fresh.load_state_dict(fused.state_dict(), strict=True)
