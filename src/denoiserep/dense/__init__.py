@@ -1,0 +1,34 @@
+"""Dense prediction building blocks: COCO / ADE20K readers, metrics and a canvas dataset."""
+
+from denoiserep.dense.ade20k import ADE20KSegmentation, JointRandomTransform
+from denoiserep.dense.canvas import FASHION_MNIST_CLASSES, FashionCanvas, build_fashion_canvas
+from denoiserep.dense.coco import (
+    CategoryMap,
+    CocoDetection,
+    coco_evaluate,
+    detection_collate,
+    load_coco,
+    predictions_to_coco_results,
+)
+from denoiserep.dense.metrics import (
+    SegmentationMetric,
+    boundary_intersection_union,
+    boundary_iou,
+)
+
+__all__ = [
+    "ADE20KSegmentation",
+    "CategoryMap",
+    "CocoDetection",
+    "FASHION_MNIST_CLASSES",
+    "FashionCanvas",
+    "JointRandomTransform",
+    "SegmentationMetric",
+    "boundary_intersection_union",
+    "boundary_iou",
+    "build_fashion_canvas",
+    "coco_evaluate",
+    "detection_collate",
+    "load_coco",
+    "predictions_to_coco_results",
+]
