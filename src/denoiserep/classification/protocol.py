@@ -1,0 +1,247 @@
+"""The paper's classification protocol with a control arm.
+
+1. train (or load) a baseline; 2. fine-tune a converted copy with DenoiseRep under a phase
+schedule; 3. fuse and evaluate the plain fused model; 4. CONTROL: fine-tune another copy of
+the baseline for the same epochs with the same optimizer, data order and augmentation,
+without DenoiseRep. Repeated over seeds; reports mean and std.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import denoiserep as dr
+from denoiserep.bench.latency import measure_latency
+from denoiserep.engine import dist
+from denoiserep.engine.config import to_dict
+from denoiserep.engine.runs import prepare_run_folder
+from denoiserep.engine.trainer import TrainConfig, fit
+from denoiserep.models.factory import create_model, num_parameters
+
+from .datasets import ArrayImageDataset, build_classification_data
+from .task import ClassificationTask, evaluate
+
+ARMS = ("baseline", "control", "denoiserep")
+
+
+@dataclass
+class DataConfig:
+    """Dataset by name (see ``build_classification_data``), reader options, augmentation."""
+
+    name: str = "digits"
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    pad: int = 0
+    flip: bool = False
+    eval_batch_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """A timm model name (or ``tv:<torchvision name>``) and its keyword overrides."""
+
+    name: str = "vit_tiny_patch16_224"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClassifyConfig:
+    """Everything one ``denoiserep classify`` run does."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    baseline: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(phases="alternating", denoiser_epochs=1)
+    )
+    denoise: dr.DenoiseConfig = field(default_factory=dr.DenoiseConfig)
+    label_smoothing: float = 0.1
+    seeds: list[int] = field(default_factory=lambda: [0])
+    arms: list[str] = field(default_factory=lambda: ["control", "denoiserep"])
+    baseline_weights: str | None = None
+    output: str = "runs/classify"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.arms if a not in ARMS[1:]]
+        if bad:
+            raise ValueError(f"arms must be among {ARMS[1:]}, got {bad}")
+        if "denoiserep" in self.arms and self.finetune.phases == "none":
+            raise ValueError("finetune.phases must name a DenoiseRep schedule, not 'none'")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+
+
+def materialize(dataset: Dataset) -> Dataset:
+    """In-memory datasets become one tensor pair (fast epochs); folder datasets stay lazy."""
+    if not isinstance(dataset, ArrayImageDataset):
+        return dataset
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return TensorDataset(torch.stack(xs), torch.tensor(ys))
+
+
+def resolve_device(name: str) -> torch.device:
+    device = dist.init_distributed()
+    if name == "auto":
+        return device
+    return torch.device(name)
+
+
+def denoising_strength(model: nn.Module) -> list[dict[str, Any]]:
+    """Per layer in execution order: t, k_t and ||k_t D||_F / sqrt(C_in) (0 = identity step)."""
+    rows = []
+    for name, layer in dr.denoise_layers(model).items():
+        d = layer.D.detach().double()
+        rows.append(
+            {
+                "layer": name,
+                "t": layer.t,
+                "k_t": layer.strength,
+                "strength": (layer.strength * d.norm() / d.shape[0] ** 0.5).item(),
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def fused_vs_unfused(converted: nn.Module, fused: nn.Module, x: torch.Tensor) -> float:
+    """max |fused(x) - unfused(x)|, where unfused denoises each layer's input explicitly."""
+    layers = dr.denoise_layers(converted).values()
+    converted.eval()
+    fused.eval()
+    for layer in layers:
+        layer.explicit = True
+    try:
+        return (fused(x).float() - converted(x).float()).abs().max().item()
+    finally:
+        for layer in layers:
+            layer.explicit = False
+
+
+def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """mean and std (ddof 1) over seeds of every arm's metrics."""
+    summary: dict[str, dict[str, Any]] = {}
+    arms = next(iter(per_seed.values())).keys()
+    for arm in arms:
+        metrics = next(iter(per_seed.values()))[arm].keys()
+        summary[arm] = {}
+        for m in metrics:
+            values = np.array([per_seed[s][arm][m] for s in per_seed], dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            summary[arm][m] = {
+                "mean": float(values.mean()),
+                "std": float(std),
+                "values": values.tolist(),
+            }
+    return summary
+
+
+def run_classification(
+    cfg: ClassifyConfig, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run the protocol of ``cfg``; write results.json / results.md / curves.png; return results."""
+    device = resolve_device(cfg.device)
+    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
+    data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
+    train_set, test_set = materialize(data.train), materialize(data.test)
+    task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
+    kwargs = dict(cfg.model.kwargs, num_classes=data.num_classes, in_chans=data.in_chans)
+
+    def ev(model: nn.Module) -> dict[str, float]:
+        return {
+            f"test_{k}": v for k, v in evaluate(model, test_set, cfg.data.eval_batch_size).items()
+        }
+
+    per_seed: dict[int, dict[str, dict[str, float]]] = {}
+    histories: dict[int, dict[str, list]] = {}
+    extras: dict[str, Any] = {}
+    for seed in cfg.seeds:
+        seed_dir = out / f"seed{seed}"
+        torch.manual_seed(seed)
+        baseline = create_model(cfg.model.name, **kwargs).to(device)
+        hist: dict[str, list] = {}
+        if cfg.baseline_weights:
+            load_model(baseline, cfg.baseline_weights)
+        else:
+            hist["baseline"] = fit(
+                baseline,
+                train_set,
+                cfg.baseline,
+                task,
+                seed_dir / "baseline",
+                seed,
+                eval_fn=ev,
+                tag=f"seed {seed} baseline",
+                progress=progress,
+            )
+        results = {"baseline": evaluate(baseline, test_set, cfg.data.eval_batch_size)}
+        if "control" in cfg.arms:
+            control = copy.deepcopy(baseline)
+            plain = dataclasses.replace(cfg.finetune, phases="none", denoiser_epochs=0)
+            hist["control"] = fit(
+                control,
+                train_set,
+                plain,
+                task,
+                seed_dir / "control",
+                seed,
+                eval_fn=ev,
+                tag=f"seed {seed} control",
+                progress=progress,
+            )
+            results["control"] = evaluate(control, test_set, cfg.data.eval_batch_size)
+        if "denoiserep" in cfg.arms:
+            x = next(iter(DataLoader(test_set, batch_size=min(64, len(test_set)))))[0].to(device)
+            model = dr.convert(copy.deepcopy(baseline), cfg.denoise, example_input=x[:2])
+            hist["denoiserep"] = fit(
+                model,
+                train_set,
+                cfg.finetune,
+                task,
+                seed_dir / "denoiserep",
+                seed,
+                eval_fn=ev,
+                tag=f"seed {seed} denoiserep",
+                progress=progress,
+            )
+            fused = dr.fuse(model).to(device)
+            results["denoiserep"] = evaluate(fused, test_set, cfg.data.eval_batch_size)
+            results["denoiserep"]["max_abs_diff_fused_unfused"] = fused_vs_unfused(model, fused, x)
+            if dist.is_main():
+                torch.save(fused.state_dict(), seed_dir / "denoiserep" / "fused.pt")
+            if seed == cfg.seeds[0]:
+                latency = measure_latency({"baseline": baseline, "fused": fused}, x)
+                extras = {
+                    "params_baseline": num_parameters(baseline),
+                    "params_fused": num_parameters(fused),
+                    "latency_ms_baseline": 1e3 * latency["baseline"],
+                    "latency_ms_fused": 1e3 * latency["fused"],
+                    "latency_ratio_fused_over_baseline": latency["fused"] / latency["baseline"],
+                    "latency_batch": int(x.shape[0]),
+                    "strength": denoising_strength(model),
+                }
+        per_seed[seed] = results
+        histories[seed] = hist
+    report = {
+        "config": to_dict(cfg),
+        "device": str(device),
+        "per_seed": {str(s): r for s, r in per_seed.items()},
+        "summary": summarize(per_seed),
+        "histories": {str(s): h for s, h in histories.items()},
+        **extras,
+    }
+    if dist.is_main():
+        from .report import write_reports
+
+        write_reports(report, Path(out))
+    return report

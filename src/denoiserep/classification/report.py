@@ -1,0 +1,92 @@
+"""Results of a classification run as JSON, a Markdown table and a PNG of curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ARM_LABELS = {
+    "baseline": "baseline",
+    "control": "control (same extra epochs, no DenoiseRep)",
+    "denoiserep": "DenoiseRep (fused)",
+}
+
+
+def _cell(stat: dict[str, Any], digits: int = 2) -> str:
+    if len(stat["values"]) > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The run's summary: accuracy per arm (mean ± std over seeds) and the fusion checks."""
+    summary = report["summary"]
+    seeds = len(report["per_seed"])
+    lines = ["| arm | acc@1 (%) | acc@5 (%) |", "| --- | --- | --- |"]
+    for arm, stats in summary.items():
+        lines.append(f"| {ARM_LABELS[arm]} | {_cell(stats['acc1'])} | {_cell(stats['acc5'])} |")
+    lines.append("")
+    lines.append(f"Seeds: {seeds}. Device: {report['device']}.")
+    if "denoiserep" in summary:
+        diff = max(summary["denoiserep"]["max_abs_diff_fused_unfused"]["values"])
+        lines += [
+            "",
+            "| fusion check | value |",
+            "| --- | --- |",
+            f"| max abs(fused - unfused) output difference | {diff:.3g} |",
+            f"| parameters baseline / fused | {report['params_baseline']:,} / "
+            f"{report['params_fused']:,} |",
+            f"| inference latency fused / baseline (batch {report['latency_batch']}) | "
+            f"{report['latency_ratio_fused_over_baseline']:.3f} "
+            f"({report['latency_ms_fused']:.2f} ms / {report['latency_ms_baseline']:.2f} ms) |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """Loss and test accuracy per epoch of each arm (first seed), and denoising strength."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = next(iter(report["histories"].values()))
+    panels = 3 if report.get("strength") else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    offset = len(hist.get("baseline", []))
+    for arm, records in hist.items():
+        start = 0 if arm == "baseline" else offset
+        epochs = [start + r["epoch"] for r in records]
+        axes[0].plot(
+            epochs, [r.get("task_loss", float("nan")) for r in records], marker=".", label=arm
+        )
+        axes[1].plot(
+            epochs, [r.get("test_acc1", float("nan")) for r in records], marker=".", label=arm
+        )
+        if arm == "denoiserep":
+            axes[0].plot(epochs, [r["ploss"] for r in records], ls="--", label="noise-pred. loss")
+    axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
+    axes[1].set(xlabel="epoch", ylabel="test acc@1 (%)", title="test accuracy")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if panels == 3:
+        rows = report["strength"]
+        ax = axes[2]
+        ax.plot(range(1, len(rows) + 1), [r["strength"] for r in rows], marker=".")
+        ax.set(
+            xlabel="target layer (execution order)",
+            ylabel="||k_t D||_F / sqrt(C_in)",
+            title="per-layer denoising strength",
+        )
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown_table(report))
+    plot_curves(report, out / "curves.png")

@@ -1,0 +1,236 @@
+"""The training loop every task shares: phases, AMP, DDP, checkpoints with resume, logging.
+
+Determinism: each step reseeds the global RNG from (seed, epoch, step, rank) and the data
+order comes from a sampler seeded by (seed, epoch), so a run resumed from any checkpoint,
+even one written mid-epoch, replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+import denoiserep as dr
+
+from . import dist
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .optim import build_optimizer, cosine_with_warmup
+from .phases import phase_for_epoch
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """How one arm trains. ``phases`` is the DenoiseRep schedule (``none`` for plain models)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    amp: bool = False
+    grad_clip: float = 0.0
+    phases: str = "none"
+    denoiser_epochs: int = 0
+    alternate_every: int = 1
+    ckpt_every: int = 0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(
+                f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}"
+            )
+        phase_for_epoch(self.phases, 0, self.denoiser_epochs, self.alternate_every)
+
+
+class Task(Protocol):
+    """What the loop needs from a task: move a batch, run the model, score the output."""
+
+    def to_device(self, batch: Any, device: torch.device) -> Any: ...
+
+    def augment(self, batch: Any, generator: torch.Generator) -> Any: ...
+
+    def forward(self, model: nn.Module, batch: Any) -> Any: ...
+
+    def loss(self, output: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+def _mix(*values: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFF
+    return h
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else None
+    return torch.autocast(device.type, dtype=dtype or torch.float16)
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    task: Task,
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    sampler: Sampler | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    tag: str = "train",
+    loss_weight: float | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``cfg.epochs`` and return the per-epoch history.
+
+    A converted model trains under the phase schedule of ``cfg`` with
+    loss = task loss + lambda * noise-prediction loss (lambda from its DenoiseConfig unless
+    ``loss_weight`` is given); in phase ``denoiser`` the task loss is not computed and no
+    label is read. Only rank 0 writes checkpoints and logs under ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    device = next(model.parameters()).device
+    converted = dr.is_converted(model)
+    if cfg.phases != "none" and not converted:
+        raise ValueError(f"{tag}: phases={cfg.phases!r} needs a model converted with DenoiseRep")
+    lam = (
+        (loss_weight if loss_weight is not None else dr.config_of(model).loss_weight)
+        if (converted)
+        else 0.0
+    )
+    world, rank = dist.world_size(), dist.rank()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    if sampler is None:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size // world,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,
+    )
+    steps_per_epoch = len(loader)
+    if cfg.epochs and steps_per_epoch == 0:
+        raise ValueError(f"{tag}: {len(dataset)} training items give no batch of {cfg.batch_size}")
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = cosine_with_warmup(optimizer, total, round(cfg.warmup_epochs * steps_per_epoch))
+
+    ckpt_dir = out_dir / "checkpoints"
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "sums": {}}
+    found = latest_checkpoint(ckpt_dir) if resume else None
+    if found is not None:
+        state = load_checkpoint(found, model, optimizer, scheduler)
+    writer = None
+    if dist.is_main():
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+
+    def checkpoint() -> None:
+        if dist.is_main():
+            keys = ("epoch", "step", "global_step", "history", "sums")
+            save_checkpoint(ckpt_dir, model, optimizer, scheduler, {k: state[k] for k in keys})
+        dist.barrier()
+
+    bar = tqdm(
+        total=total,
+        initial=state["global_step"],
+        desc=tag,
+        unit="step",
+        disable=not (progress and dist.is_main()),
+        dynamic_ncols=True,
+    )
+    for epoch in range(state["epoch"], cfg.epochs):
+        phase = phase_for_epoch(cfg.phases, epoch, cfg.denoiser_epochs, cfg.alternate_every)
+        if converted:
+            dr.set_phase(model, phase or "joint")
+        runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model
+        if phase == "denoiser":
+            dr.train_frozen_backbone(model)
+        else:
+            model.train()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        sums = state["sums"] if state["step"] else {}
+        for step, batch in enumerate(loader):
+            if step < state["step"]:
+                continue
+            torch.manual_seed(_mix(seed, epoch, step, rank))
+            generator = torch.Generator().manual_seed(_mix(seed, epoch, step, 1 << 20))
+            batch = task.augment(task.to_device(batch, device), generator)
+            with _autocast(device, cfg.amp):
+                output = task.forward(runner, batch)
+                if phase == "denoiser":
+                    task_loss, logs = torch.zeros((), device=device), {}
+                else:
+                    task_loss, logs = task.loss(output, batch)
+                ploss = dr.denoise_loss(model) if converted else torch.zeros((), device=device)
+                loss = task_loss + lam * ploss
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(
+                    f"{tag}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            logs = dict(logs, loss=loss.item(), ploss=ploss.item())
+            if phase != "denoiser":
+                logs["task_loss"] = task_loss.item()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["n"] = sums.get("n", 0) + 1
+            state.update(step=step + 1, global_step=state["global_step"] + 1, sums=sums)
+            bar.update(1)
+            bar.set_postfix(
+                epoch=epoch + 1, phase=phase or "-", loss=f"{logs['loss']:.4f}", refresh=False
+            )
+            if cfg.ckpt_every and state["global_step"] % cfg.ckpt_every == 0:
+                checkpoint()
+        n = sums.pop("n", 1)
+        totals = dist.all_reduce_sum(
+            torch.tensor([sums[k] for k in sorted(sums)] + [n], dtype=torch.float64)
+        )
+        record = {k: (totals[i] / totals[-1]).item() for i, k in enumerate(sorted(sums))}
+        record.update(epoch=epoch + 1, phase=phase or "none", lr=optimizer.param_groups[0]["lr"])
+        if eval_fn is not None:
+            record.update(eval_fn(model))
+        state["history"].append(record)
+        state.update(epoch=epoch + 1, step=0, sums={})
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and math.isfinite(v) and k != "epoch":
+                    writer.add_scalar(f"{tag}/{k}", v, epoch + 1)
+        checkpoint()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return state["history"]

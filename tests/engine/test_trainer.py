@@ -1,0 +1,142 @@
+"""The shared training loop: resume equality, divergence, config parsing, run folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import denoiserep as dr
+from denoiserep.classification.task import ClassificationTask
+from denoiserep.engine.config import apply_overrides, from_dict
+from denoiserep.engine.phases import phase_for_epoch
+from denoiserep.engine.runs import RunFolderConflict, prepare_run_folder
+from denoiserep.engine.trainer import TrainConfig, TrainingDiverged, fit
+
+
+def tiny_data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(
+        torch.randn(48, 1, 4, 4, generator=g), torch.randint(0, 3, (48,), generator=g)
+    )
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    model = dr.convert(net, dr.DenoiseConfig(loss_weight=0.1), torch.randn(1, 1, 4, 4))
+    return model
+
+
+CFG = TrainConfig(
+    epochs=3, batch_size=8, lr=1e-2, phases="alternating", denoiser_epochs=1, ckpt_every=4
+)
+
+
+class CrashAt(ClassificationTask):
+    def __init__(self, at: int) -> None:
+        super().__init__(pad=1, flip=True)
+        self.calls, self.at = 0, at
+
+    def forward(self, model, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt("simulated crash")
+        return super().forward(model, batch)
+
+
+def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path):
+    full = tiny_model()
+    fit(
+        full, tiny_data(), CFG, ClassificationTask(pad=1, flip=True), tmp_path / "a", progress=False
+    )
+    crashed = tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, tiny_data(), CFG, CrashAt(11), tmp_path / "b", progress=False)
+    resumed = tiny_model()
+    history = fit(
+        resumed,
+        tiny_data(),
+        CFG,
+        ClassificationTask(pad=1, flip=True),
+        tmp_path / "b",
+        progress=False,
+    )
+    assert [h["phase"] for h in history] == ["denoiser", "denoiser", "backbone"]
+    a, b = full.state_dict(), resumed.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert (tmp_path / "b" / "checkpoints" / "latest").is_file()
+
+
+class NaNTask(ClassificationTask):
+    def loss(self, output, batch):
+        loss, logs = super().loss(output, batch)
+        return loss * float("nan"), logs
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+    model = tiny_model()
+    cfg = TrainConfig(epochs=2, batch_size=8, phases="alternating")
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at epoch 2, step 1; last good checkpoint"
+    ):
+        fit(model, tiny_data(), cfg, NaNTask(), tmp_path, progress=False)
+    assert (tmp_path / "checkpoints" / "step-00000006" / "model.safetensors").is_file()
+
+
+def test_denoiser_phase_reads_no_labels(tmp_path):
+    class NoLabels(ClassificationTask):
+        def loss(self, output, batch):
+            raise AssertionError("labels read in the label-free phase")
+
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=8, phases="denoiser")
+    fit(model, tiny_data(), cfg, NoLabels(), tmp_path, progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"0.D", "3.D"}
+
+
+def test_phase_schedule():
+    assert [phase_for_epoch("alternating", e, 2, 2) for e in range(7)] == [
+        "denoiser",
+        "denoiser",
+        "denoiser",
+        "denoiser",
+        "backbone",
+        "backbone",
+        "denoiser",
+    ]
+    assert phase_for_epoch("joint", 0) == "joint" and phase_for_epoch("none", 3) is None
+    with pytest.raises(ValueError, match="phase schedule must be one of"):
+        phase_for_epoch("teacher", 0)
+
+
+def test_plain_model_rejects_phases(tmp_path):
+    with pytest.raises(ValueError, match="needs a model converted"):
+        fit(nn.Linear(16, 3), tiny_data(), CFG, ClassificationTask(), tmp_path, progress=False)
+
+
+def test_config_errors_name_key_and_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) lrr; valid keys: epochs"):
+        from_dict(TrainConfig, {"lrr": 1})
+    assert from_dict(TrainConfig, {"lr": "1e-3"}).lr == 1e-3
+    with pytest.raises(ValueError, match="expected a number"):
+        from_dict(TrainConfig, {"lr": "fast"})
+    assert apply_overrides({}, ["a.b=3", "c=[1, 2]"]) == {"a": {"b": 3}, "c": [1, 2]}
+    with pytest.raises(ValueError, match="key.sub=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_run_folder_refuses_a_different_run(tmp_path):
+    prepare_run_folder(tmp_path / "run", {"lr": 1})
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    prepare_run_folder(tmp_path / "run", {"lr": 1})  # same run: resume
+    with pytest.raises(RunFolderConflict, match=r"holds a different run \(config differs in: lr\)"):
+        prepare_run_folder(tmp_path / "run", {"lr": 2})
+    assert (tmp_path / "run" / "keep.txt").read_text() == "x"
+    prepare_run_folder(tmp_path / "run", {"lr": 2}, overwrite=True)
+    assert not (tmp_path / "run" / "keep.txt").exists()
