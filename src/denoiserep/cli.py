@@ -1,8 +1,14 @@
-"""The ``denoiserep`` command: ``demo``, ``classify`` (and the other task pipelines)."""
+"""The ``denoiserep`` command line.
+
+Each pipeline is a module exposing ``Config`` (a dataclass), ``run(cfg, overwrite, progress)``
+returning a report dict, ``summarize(report) -> str`` and ``DEFAULT_CONFIG`` (a file name in
+``denoiserep/configs`` or None). Config files are YAML; ``key.sub=value`` arguments override.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -11,76 +17,85 @@ import yaml
 
 from .engine.config import apply_overrides, from_dict
 
+COMMANDS = {
+    "demo": ("denoiserep.classification.protocol", "the main job: DenoiseRep on sklearn digits"),
+    "classify": (
+        "denoiserep.classification.protocol",
+        "classification: baseline, control and DenoiseRep arms",
+    ),
+    "reid": ("denoiserep.reid.protocol", "re-identification: baseline, control and DenoiseRep"),
+    "detect": ("denoiserep.dense.detection", "detection (Faster/Mask R-CNN) with DenoiseRep"),
+    "segment": ("denoiserep.dense.segmentation", "segmentation (FCN/DeepLabV3) with DenoiseRep"),
+    "bench": ("denoiserep.bench.run", "inference/training cost of fused vs baseline models"),
+}
+DEMO_CONFIG = "digits_demo.yaml"
+
 
 def packaged_config(name: str) -> Path:
     """Path of a config shipped inside the package (``denoiserep/configs``)."""
     return Path(str(resources.files("denoiserep") / "configs" / name))
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key.sub=value",
-        help="config overrides, e.g. finetune.epochs=5 data.name=fashion_mnist",
-    )
-    p.add_argument("--output", help="output folder (overrides the config's `output`)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an output folder that holds a different run",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-
-
-def _load(cls: type, path: str | Path | None, args: argparse.Namespace):
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
-    if path and not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping")
-    apply_overrides(data, list(args.overrides))
-    if args.output:
-        data["output"] = args.output
+def load_task_config(cls: type, path: str | Path | None, overrides: list[str], output: str | None):
+    """Defaults <- YAML file <- ``key=value`` overrides <- ``--output``."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a YAML mapping")
+    apply_overrides(data, overrides)
+    if output:
+        data["output"] = output
     return from_dict(cls, data)
 
 
-def _classify(args: argparse.Namespace, config: str | Path | None) -> int:
-    from .classification.protocol import ClassifyConfig, run_classification
-    from .classification.report import markdown_table
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="denoiserep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name != "demo":
+            p.add_argument("--config", help="YAML config (examples in src/denoiserep/configs)")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key.sub=value",
+            help="config overrides, e.g. finetune.epochs=5 seeds=[0,1,2]",
+        )
+        p.add_argument("--output", help="output folder (overrides the config's `output`)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an output folder that holds a different run",
+        )
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return parser
 
-    if config is not None and not Path(config).is_file():
-        raise FileNotFoundError(f"config file {config} not found")
-    cfg = _load(ClassifyConfig, config, args)
-    report = run_classification(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+
+def run_command(args: argparse.Namespace) -> int:
+    module = importlib.import_module(COMMANDS[args.command][0])
+    config = getattr(args, "config", None)
+    if args.command == "demo":
+        config = packaged_config(DEMO_CONFIG)
+    elif config is None and getattr(module, "DEFAULT_CONFIG", None):
+        config = packaged_config(module.DEFAULT_CONFIG)
+    cfg = load_task_config(module.Config, config, list(args.overrides), args.output)
+    report = module.run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     from .engine import dist
 
     if dist.is_main():
-        print(markdown_table(report))
-        print(
-            f"results: {Path(cfg.output) / 'results.json'}, {Path(cfg.output) / 'results.md'}, "
-            f"{Path(cfg.output) / 'curves.png'}"
-        )
+        print(module.summarize(report))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="denoiserep", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job: DenoiseRep on scikit-learn digits (~1 min)")
-    _add_common(demo)
-    cls = sub.add_parser("classify", help="classification protocol: baseline, control, DenoiseRep")
-    cls.add_argument("--config", help="YAML config (see src/denoiserep/configs)")
-    _add_common(cls)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return _classify(args, packaged_config("digits_demo.yaml"))
-        if args.command == "classify":
-            return _classify(args, args.config)
+        return run_command(args)
     except KeyboardInterrupt:
         print(
             "interrupted; rerun the same command to resume from the last checkpoint",
@@ -92,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"denoiserep {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

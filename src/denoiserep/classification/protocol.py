@@ -128,7 +128,7 @@ def fused_vs_unfused(converted: nn.Module, fused: nn.Module, x: torch.Tensor) ->
             layer.explicit = False
 
 
-def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+def aggregate_seeds(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
     """mean and std (ddof 1) over seeds of every arm's metrics."""
     summary: dict[str, dict[str, Any]] = {}
     arms = next(iter(per_seed.values())).keys()
@@ -236,7 +236,7 @@ def run_classification(
         "config": to_dict(cfg),
         "device": str(device),
         "per_seed": {str(s): r for s, r in per_seed.items()},
-        "summary": summarize(per_seed),
+        "summary": aggregate_seeds(per_seed),
         "histories": {str(s): h for s, h in histories.items()},
         **extras,
     }
@@ -245,3 +245,18 @@ def run_classification(
 
         write_reports(report, Path(out))
     return report
+
+
+# -- the command-line contract (see denoiserep.cli) ------------------------------------------
+Config = ClassifyConfig
+run = run_classification
+DEFAULT_CONFIG = "digits_demo.yaml"
+
+
+def summarize(report: dict[str, Any]) -> str:
+    """The Markdown table printed at the end of a run, and where the files are."""
+    from .report import markdown_table
+
+    out = Path(report["config"]["output"])
+    files = ", ".join(str(out / f) for f in ("results.json", "results.md", "curves.png"))
+    return markdown_table(report) + f"\nresults: {files}"
