@@ -94,6 +94,7 @@ def fit(
     seed: int = 0,
     *,
     sampler: Sampler | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     tag: str = "train",
     loss_weight: float | None = None,
