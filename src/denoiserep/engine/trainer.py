@@ -132,6 +132,7 @@ def fit(
         drop_last=True,
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,
+        collate_fn=collate_fn,
     )
     steps_per_epoch = len(loader)
     if cfg.epochs and steps_per_epoch == 0:
