@@ -23,6 +23,10 @@ COMMANDS = {
         "denoiserep.classification.protocol",
         "classification: baseline, control and DenoiseRep arms",
     ),
+    "ablate": (
+        "denoiserep.classification.ablation",
+        "classification ablation: DenoiseRep variants against one control arm",
+    ),
     "reid": ("denoiserep.reid.protocol", "re-identification: baseline, control and DenoiseRep"),
     "detect": ("denoiserep.dense.detection", "detection (Faster/Mask R-CNN) with DenoiseRep"),
     "segment": ("denoiserep.dense.segmentation", "segmentation (FCN/DeepLabV3) with DenoiseRep"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
+from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -146,95 +146,118 @@ def aggregate_seeds(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[st
     return summary
 
 
+class Experiment:
+    """The pieces every arm shares: data, task, device, evaluation, and the three arms."""
+
+    def __init__(self, cfg: ClassifyConfig, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
+        self.train_set, self.test_set = materialize(data.train), materialize(data.test)
+        self.task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
+        self.model_kwargs = dict(
+            cfg.model.kwargs, num_classes=data.num_classes, in_chans=data.in_chans
+        )
+        n = min(64, len(self.test_set))
+        self.example = next(iter(DataLoader(self.test_set, batch_size=n)))[0].to(self.device)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(model, self.test_set, self.cfg.data.eval_batch_size)
+
+    def _eval_fn(self, model: nn.Module) -> dict[str, float]:
+        return {f"test_{k}": v for k, v in self.evaluate(model).items()}
+
+    def _fit(self, model: nn.Module, cfg: TrainConfig, out: Path, seed: int, tag: str) -> list:
+        return fit(
+            model,
+            self.train_set,
+            cfg,
+            self.task,
+            out,
+            seed,
+            eval_fn=self._eval_fn,
+            tag=tag,
+            progress=self.progress,
+        )
+
+    def baseline(self, seed: int, out: Path) -> tuple[nn.Module, list]:
+        """A freshly initialised model trained for ``baseline.epochs`` (or loaded)."""
+        torch.manual_seed(seed)
+        model = create_model(self.cfg.model.name, **self.model_kwargs).to(self.device)
+        if self.cfg.baseline_weights:
+            load_model(model, self.cfg.baseline_weights)
+            return model, []
+        return model, self._fit(model, self.cfg.baseline, out, seed, f"seed {seed} baseline")
+
+    def control(self, baseline: nn.Module, seed: int, out: Path) -> tuple[nn.Module, list]:
+        """The baseline fine-tuned like the DenoiseRep arm, without DenoiseRep."""
+        model = copy.deepcopy(baseline)
+        plain = dataclasses.replace(self.cfg.finetune, phases="none", denoiser_epochs=0)
+        return model, self._fit(model, plain, out, seed, f"seed {seed} control")
+
+    def denoiserep(
+        self,
+        baseline: nn.Module,
+        seed: int,
+        out: Path,
+        denoise: dr.DenoiseConfig | None = None,
+        finetune: TrainConfig | None = None,
+        tag: str = "denoiserep",
+    ) -> tuple[nn.Module, nn.Module, list]:
+        """Convert a copy of the baseline, fine-tune it, fuse: (converted, fused, history)."""
+        denoise = denoise or self.cfg.denoise
+        model = dr.convert(copy.deepcopy(baseline), denoise, example_input=self.example[:2])
+        history = self._fit(model, finetune or self.cfg.finetune, out, seed, f"seed {seed} {tag}")
+        fused = dr.fuse(model).to(self.device)
+        if dist.is_main():
+            save_model(fused, str(out / "fused.safetensors"))
+        return model, fused, history
+
+    def fused_results(self, model: nn.Module, fused: nn.Module) -> dict[str, float]:
+        results = self.evaluate(fused)
+        results["max_abs_diff_fused_unfused"] = fused_vs_unfused(model, fused, self.example)
+        return results
+
+
 def run_classification(
     cfg: ClassifyConfig, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Run the protocol of ``cfg``; write results.json / results.md / curves.png; return results."""
-    device = resolve_device(cfg.device)
+    exp = Experiment(cfg, progress)
     out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
-    data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
-    train_set, test_set = materialize(data.train), materialize(data.test)
-    task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
-    kwargs = dict(cfg.model.kwargs, num_classes=data.num_classes, in_chans=data.in_chans)
-
-    def ev(model: nn.Module) -> dict[str, float]:
-        return {
-            f"test_{k}": v for k, v in evaluate(model, test_set, cfg.data.eval_batch_size).items()
-        }
-
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
     histories: dict[int, dict[str, list]] = {}
     extras: dict[str, Any] = {}
     for seed in cfg.seeds:
         seed_dir = out / f"seed{seed}"
-        torch.manual_seed(seed)
-        baseline = create_model(cfg.model.name, **kwargs).to(device)
-        hist: dict[str, list] = {}
-        if cfg.baseline_weights:
-            load_model(baseline, cfg.baseline_weights)
-        else:
-            hist["baseline"] = fit(
-                baseline,
-                train_set,
-                cfg.baseline,
-                task,
-                seed_dir / "baseline",
-                seed,
-                eval_fn=ev,
-                tag=f"seed {seed} baseline",
-                progress=progress,
-            )
-        results = {"baseline": evaluate(baseline, test_set, cfg.data.eval_batch_size)}
+        baseline, hist_base = exp.baseline(seed, seed_dir / "baseline")
+        hist = {"baseline": hist_base} if hist_base else {}
+        results = {"baseline": exp.evaluate(baseline)}
         if "control" in cfg.arms:
-            control = copy.deepcopy(baseline)
-            plain = dataclasses.replace(cfg.finetune, phases="none", denoiser_epochs=0)
-            hist["control"] = fit(
-                control,
-                train_set,
-                plain,
-                task,
-                seed_dir / "control",
-                seed,
-                eval_fn=ev,
-                tag=f"seed {seed} control",
-                progress=progress,
-            )
-            results["control"] = evaluate(control, test_set, cfg.data.eval_batch_size)
+            control, hist["control"] = exp.control(baseline, seed, seed_dir / "control")
+            results["control"] = exp.evaluate(control)
         if "denoiserep" in cfg.arms:
-            x = next(iter(DataLoader(test_set, batch_size=min(64, len(test_set)))))[0].to(device)
-            model = dr.convert(copy.deepcopy(baseline), cfg.denoise, example_input=x[:2])
-            hist["denoiserep"] = fit(
-                model,
-                train_set,
-                cfg.finetune,
-                task,
-                seed_dir / "denoiserep",
-                seed,
-                eval_fn=ev,
-                tag=f"seed {seed} denoiserep",
-                progress=progress,
+            model, fused, hist["denoiserep"] = exp.denoiserep(
+                baseline, seed, seed_dir / "denoiserep"
             )
-            fused = dr.fuse(model).to(device)
-            results["denoiserep"] = evaluate(fused, test_set, cfg.data.eval_batch_size)
-            results["denoiserep"]["max_abs_diff_fused_unfused"] = fused_vs_unfused(model, fused, x)
-            if dist.is_main():
-                torch.save(fused.state_dict(), seed_dir / "denoiserep" / "fused.pt")
+            results["denoiserep"] = exp.fused_results(model, fused)
             if seed == cfg.seeds[0]:
-                latency = measure_latency({"baseline": baseline, "fused": fused}, x)
+                latency = measure_latency({"baseline": baseline, "fused": fused}, exp.example)
                 extras = {
                     "params_baseline": num_parameters(baseline),
                     "params_fused": num_parameters(fused),
                     "latency_ms_baseline": 1e3 * latency["baseline"],
                     "latency_ms_fused": 1e3 * latency["fused"],
                     "latency_ratio_fused_over_baseline": latency["fused"] / latency["baseline"],
-                    "latency_batch": int(x.shape[0]),
+                    "latency_batch": int(exp.example.shape[0]),
                     "strength": denoising_strength(model),
                 }
         per_seed[seed] = results
         histories[seed] = hist
     report = {
         "config": to_dict(cfg),
-        "device": str(device),
+        "device": str(exp.device),
         "per_seed": {str(s): r for s, r in per_seed.items()},
         "summary": aggregate_seeds(per_seed),
         "histories": {str(s): h for s, h in histories.items()},
