@@ -21,7 +21,9 @@ experiment:
   seeds: [0, 1]
 variants:
   label_free: {}
-  strong_joint: {finetune: {phases: joint}, denoise: {timestep_stride: 50}}
+  strong_joint:
+    finetune: {phases: joint}
+    denoise: {timesteps: 10, beta_start: 0.05, beta_end: 0.2}
 """
     )
     out = tmp_path / "run"
