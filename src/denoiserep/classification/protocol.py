@@ -186,7 +186,13 @@ class Experiment:
         torch.manual_seed(seed)
         model = create_model(self.cfg.model.name, **self.model_kwargs).to(self.device)
         if self.cfg.baseline_weights:
-            load_model(model, self.cfg.baseline_weights)
+            missing, unexpected = load_model(model, self.cfg.baseline_weights, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"baseline_weights {self.cfg.baseline_weights} does not match "
+                    f"{self.cfg.model.name}: missing {sorted(missing)[:3]}, "
+                    f"unexpected {sorted(unexpected)[:3]}"
+                )
             return model, []
         return model, self._fit(model, self.cfg.baseline, out, seed, f"seed {seed} baseline")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -155,7 +155,9 @@ def fit(
     def checkpoint() -> None:
         if dist.is_main():
             keys = ("epoch", "step", "global_step", "history", "sums")
-            save_checkpoint(ckpt_dir, model, optimizer, scheduler, {k: state[k] for k in keys})
+            saved = {k: state[k] for k in keys}
+            saved.update(phase=dr.get_phase(model) if converted else None, config=asdict(cfg))
+            save_checkpoint(ckpt_dir, model, optimizer, scheduler, saved)
         dist.barrier()
 
     bar = tqdm(
@@ -222,7 +224,13 @@ def fit(
             torch.tensor([sums[k] for k in sorted(sums)] + [n], dtype=torch.float64)
         )
         record = {k: (totals[i] / totals[-1]).item() for i, k in enumerate(sorted(sums))}
-        record.update(epoch=epoch + 1, phase=phase or "none", lr=optimizer.param_groups[0]["lr"])
+        record.update(
+            epoch=epoch + 1,
+            phase=phase or "none",
+            lr=optimizer.param_groups[0]["lr"],
+            world_size=world,
+            steps_all_ranks=int(totals[-1].item()),
+        )
         if eval_fn is not None:
             record.update(eval_fn(model))
         state["history"].append(record)
