@@ -45,6 +45,8 @@ def load_task_config(cls: type, path: str | Path | None, overrides: list[str], o
     data = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file() and packaged_config(path.name).is_file() and path.name == str(path):
+            path = packaged_config(path.name)  # `--config fashion_vit.yaml`: a shipped config
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
         data = yaml.safe_load(path.read_text()) or {}
