@@ -186,6 +186,19 @@ def test_fuse_leaves_model_untouched_and_is_repeatable():
     assert torch.equal(model(x), fused1.eval()(x))
 
 
+def test_fuse_copy_and_pickle_right_after_a_training_forward(tmp_path):
+    model = converted().train()
+    model(example())
+    assert dr.denoise_loss(model).requires_grad
+    fused = dr.fuse(model)
+    clone = copy.deepcopy(model)
+    assert all(m.last_loss is None for m in dr.denoise_layers(clone).values())
+    torch.save(model, tmp_path / "model.pt")
+    assert dr.denoise_loss(model).requires_grad  # the original keeps its loss for backward
+    dr.denoise_loss(model).backward()
+    assert isinstance(fused.head, nn.Linear)
+
+
 def test_explicit_mode_matches_fused():
     model = converted().eval()
     x = example()

@@ -171,5 +171,11 @@ class DenoiseLayer(nn.Module):
         fused.weight = nn.Parameter(weight, requires_grad=self.base_layer.weight.requires_grad)
         return fused
 
+    def __getstate__(self) -> dict:
+        # Copies and pickles drop the last loss (a graph node) and the eval-weight cache.
+        state = dict(super().__getstate__())
+        state.update(last_loss=None, _eval_cache=None)
+        return state
+
     def extra_repr(self) -> str:
         return f"t={self._t}, k_t={self._k:.4g}, phase={self.phase}, D={tuple(self.D.shape)}"
