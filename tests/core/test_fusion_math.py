@@ -174,6 +174,15 @@ def test_reverse_step_matrix_matches_formula():
     torch.testing.assert_close(A[3:], (torch.eye(3, dtype=torch.float64) - 0.5 * D[3:]) * 2.0)
 
 
+def test_fuse_weight_keeps_memory_layout():
+    w = torch.randn(8, 4, 3, 3)
+    A = torch.randn(4, 4)
+    assert dr.fuse_weight(w, A).is_contiguous()
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    assert dr.fuse_weight(w_cl, A).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(dr.fuse_weight(w_cl, A), dr.fuse_weight(w, A))
+
+
 def test_fuse_weight_rejects_wrong_shape():
     with pytest.raises(ValueError, match="expected"):
         dr.fuse_weight(torch.randn(4, 3), torch.randn(4, 4))

@@ -36,7 +36,16 @@ def fuse_weight(weight: torch.Tensor, A: torch.Tensor, groups: int = 1) -> torch
         raise ValueError(f"A has shape {tuple(A.shape)}, expected {(cg * groups, cg)}")
     w = weight.reshape(groups, c_out // groups, cg, -1)
     a = A.reshape(groups, cg, cg)
-    return torch.einsum("gojk,gji->goik", w, a).reshape(weight.shape)
+    fused = torch.einsum("gojk,gji->goik", w, a).reshape(weight.shape)
+    # keep the weight's memory layout: a different one changes which kernels run (and timing)
+    layout = (
+        torch.channels_last
+        if not weight.is_contiguous()
+        and weight.dim() == 4
+        and (weight.is_contiguous(memory_format=torch.channels_last))
+        else torch.contiguous_format
+    )
+    return fused.contiguous(memory_format=layout)
 
 
 def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
