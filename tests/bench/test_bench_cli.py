@@ -1,0 +1,95 @@
+"""`denoiserep bench --config bench_tiny.yaml` end to end, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from denoiserep.bench.run import VARIANTS
+from denoiserep.cli import main, packaged_config
+
+INFERENCE_FIELDS = {
+    "median_ms",
+    "iqr_ms",
+    "times_ms",
+    "latency_ratio",
+    "peak_mb",
+    "peak_ratio",
+}
+TRAIN_FIELDS = {
+    "median_ms",
+    "iqr_ms",
+    "times_ms",
+    "step_ratio",
+    "peak_mb",
+    "peak_ratio",
+    "gflops_per_step",
+    "gflops_ratio",
+    "top_ops",
+}
+EXPORT_FIELDS = {
+    "onnx_ok",
+    "onnx_max_abs_diff",
+    "torch_export_ok",
+    "torch_export_max_abs_diff",
+    "strict_reload_ok",
+    "reload_max_abs_diff",
+}
+
+
+def test_bench_tiny_writes_every_result(tmp_path, capsys):
+    out = tmp_path / "bench"
+    config = str(packaged_config("bench_tiny.yaml"))
+    assert main(["bench", "--config", config, "--no-progress", "--output", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["environment"]["threads"] == 1
+    assert "profile_memory" in report["environment"]["memory_method"]
+    assert set(report["models"]) == {"vit_tiny_patch16_224", "resnet10t"}
+    for rep in report["models"].values():
+        assert set(rep["params"]) == set(rep["gflops_per_image"]) == set(VARIANTS)
+        assert rep["params"]["fused"] == rep["params"]["baseline"]
+        assert rep["gflops_per_image"]["fused"] == rep["gflops_per_image"]["baseline"]
+        assert rep["gflops_per_image"]["explicit"] > rep["gflops_per_image"]["baseline"]
+        assert rep["gflops_per_image"]["final_feature"] > rep["gflops_per_image"]["baseline"]
+        assert rep["fusion_check"]["max_abs_diff_fused_vs_explicit"] < 1e-4
+        assert rep["fusion_check"]["max_abs_diff_fused_vs_baseline"] > 1e-3
+        assert rep["fusion_check"]["weights_with_other_strides"] >= 0
+        assert set(rep["inference"]) == {"1", "4"}
+        for rows in rep["inference"].values():
+            assert set(rows) == set(VARIANTS)
+            for row in rows.values():
+                assert INFERENCE_FIELDS <= set(row) and len(row["times_ms"]) == 2
+                assert row["median_ms"] > 0 and row["peak_mb"] > 0
+            assert rows["baseline"]["latency_ratio"] == 1.0
+        train = rep["train"]
+        assert train["batch_size"] == 4
+        assert list(train["variants"]) == ["baseline", "denoiser", "backbone", "joint"]
+        for row in train["variants"].values():
+            assert TRAIN_FIELDS <= set(row) and len(row["top_ops"]) == 3
+            assert row["median_ms"] > 0 and row["peak_mb"] > 0 and row["gflops_per_step"] > 0
+        assert EXPORT_FIELDS <= set(rep["export"])
+        assert rep["export"]["onnx_ok"] and rep["export"]["onnx_max_abs_diff"] < 1e-4
+        assert rep["export"]["torch_export_ok"] and rep["export"]["strict_reload_ok"]
+    # per model: 2 batch sizes (latency) + 3 phases x 2 (step time, memory)
+    assert len(report["targets"]) == 2 * (2 + 3 * 2)
+    assert all({"target", "model", "case", "value", "met"} <= set(t) for t in report["targets"])
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == [
+        "resnet10t.onnx",
+        "vit_tiny_patch16_224.onnx",
+    ]
+    markdown = (out / "results.md").read_text()
+    for heading in ("### Inference", "### Training", "### Fusion and deployment", "### Targets"):
+        assert heading in markdown
+    assert markdown.count("| final_feature |") == 4
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert "### Inference" in capsys.readouterr().out
+
+
+def test_bench_config_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "b")
+    config = str(packaged_config("bench_tiny.yaml"))
+    assert main(["bench", "--config", config, "--output", out, "variants=[fused]"]) == 2
+    assert "variants must include 'baseline'" in capsys.readouterr().err
+    assert main(["bench", "--config", config, "--output", out, "train.phases=[warm]"]) == 2
+    assert "train.phases must be among" in capsys.readouterr().err
+    assert main(["bench", "--config", config, "--output", out, "model_kwargs={vgg: {}}"]) == 2
+    assert "model_kwargs names model(s) not in models: vgg" in capsys.readouterr().err
