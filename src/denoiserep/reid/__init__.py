@@ -1,4 +1,5 @@
-"""Person / vehicle re-identification: metrics, re-ranking, dataset readers, sampler."""
+"""Person / vehicle re-identification: metrics, re-ranking, dataset readers, sampler,
+the BoT model, the training task and the ``denoiserep reid`` protocol (``.protocol``)."""
 
 from denoiserep.reid.datasets import (
     ReIDDataset,
@@ -13,9 +14,18 @@ from denoiserep.reid.datasets import (
     vehicleid_split,
 )
 from denoiserep.reid.metrics import evaluate, evaluate_full
+from denoiserep.reid.model import ReIDModel, build_reid_model, set_last_stride
 from denoiserep.reid.rerank import re_ranking
 from denoiserep.reid.sampler import RandomIdentitySampler
 from denoiserep.reid.synth import build_fashion_reid
+from denoiserep.reid.task import (
+    ReIDImageDataset,
+    ReIDTask,
+    batch_hard_triplet,
+    evaluate_reid,
+    extract_features,
+    random_erasing,
+)
 
 __all__ = [
     "RandomIdentitySampler",
@@ -33,4 +43,13 @@ __all__ = [
     "read_vehicleid",
     "read_veri",
     "vehicleid_split",
+    "ReIDModel",
+    "build_reid_model",
+    "set_last_stride",
+    "ReIDImageDataset",
+    "ReIDTask",
+    "batch_hard_triplet",
+    "evaluate_reid",
+    "extract_features",
+    "random_erasing",
 ]

@@ -1,0 +1,277 @@
+"""Re-identification as a trainer task: data, augmentation, losses, feature extraction, metrics.
+
+Training (BoT recipe): cross-entropy with label smoothing on the classifier scores plus a
+batch-hard triplet loss on the pre-BNNeck feature; augmentations are applied batch-wise
+from the trainer's ``generator`` (pad-and-crop, horizontal flip, random erasing), so two
+arms with the same seed see identical augmentations.
+
+Evaluation: query and gallery features (optionally averaged with those of the flipped
+images, then L2-normalised) are extracted in equal, padded chunks per rank and gathered
+with ``all_gather_cat``; every rank then holds all features and computes the same metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms
+
+from denoiserep.classification.task import pad_crop_flip
+from denoiserep.data.images import load_image
+from denoiserep.engine import dist
+
+from .metrics import evaluate_full
+from .rerank import re_ranking
+
+Item = tuple[str, int, int]
+DISTANCES = ("euclidean", "cosine")
+UNLABELLED = -1
+
+
+class ReIDImageDataset(Dataset):
+    """``(image tensor, pid, camid)`` items from ``(path, pid, camid)`` triples.
+
+    Images are loaded as RGB, resized to ``size`` (height, width, bicubic) and normalised
+    with ``mean`` / ``std``. With ``preload`` every image is decoded once into memory (fast
+    epochs for small benchmarks; leave it off for full-size datasets).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        preload: bool = False,
+    ) -> None:
+        self.paths = [path for path, _, _ in items]
+        self.pids = np.array([pid for _, pid, _ in items], dtype=np.int64)
+        self.camids = np.array([camid for _, _, camid in items], dtype=np.int64)
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(tuple(size), transforms.InterpolationMode.BICUBIC),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
+        self._cache = None
+        if preload and items:
+            self._cache = torch.stack([self._load(i) for i in range(len(self.paths))])
+
+    def _load(self, index: int) -> torch.Tensor:
+        return self.transform(load_image(self.paths[index]))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        x = self._cache[index] if self._cache is not None else self._load(index)
+        return x, int(self.pids[index]), int(self.camids[index])
+
+    def without_labels(self) -> ReIDImageDataset:
+        """The same images (sharing the preloaded ones) with every pid and camid set to -1,
+        so label-free training cannot read a label."""
+        unlabelled = copy.copy(self)
+        unlabelled.pids = np.full_like(self.pids, UNLABELLED)
+        unlabelled.camids = np.full_like(self.camids, UNLABELLED)
+        return unlabelled
+
+
+def random_erasing(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    prob: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.4),
+    min_aspect: float = 0.3,
+) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020), one rectangle per image with probability ``prob``.
+
+    The rectangle covers a fraction of the image uniform in ``area`` with a log-uniform
+    aspect ratio in [min_aspect, 1 / min_aspect] (torchvision's sampling); sides are clipped
+    to the image instead of resampled. It is filled with 0, the mean of normalised pixels.
+    """
+    n, _, h, w = x.shape
+    erase = torch.rand(n, generator=generator) < prob
+    target = h * w * torch.empty(n).uniform_(area[0], area[1], generator=generator)
+    log_ratio = math.log(min_aspect)
+    aspect = torch.empty(n).uniform_(log_ratio, -log_ratio, generator=generator).exp()
+    eh = (target * aspect).sqrt().round().clamp(1, h)
+    ew = (target / aspect).sqrt().round().clamp(1, w)
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
+    rows = torch.arange(h)[None, :, None]
+    cols = torch.arange(w)[None, None, :]
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + ew)[:, None, None])
+    )
+    mask = (inside & erase[:, None, None])[:, None].to(x.device)
+    return x.masked_fill(mask, 0.0)
+
+
+def pairwise_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of ``a`` and ``b`` (gradient-safe at 0)."""
+    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2 * a @ b.T
+    return sq.clamp_min(1e-12).sqrt()
+
+
+def batch_hard_triplet(
+    feats: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-hard triplet loss (Hermans et al. 2017): hardest positive and negative per anchor.
+
+    Loss per anchor: max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) for the soft
+    margin (``margin=None``); averaged over anchors. Returns (loss, d_ap, d_an).
+    """
+    dist_mat = pairwise_euclidean(feats, feats)
+    same = pids[:, None] == pids[None, :]
+    if same.all(dim=1).any():
+        raise ValueError("batch-hard triplet loss needs a negative for every anchor")
+    d_ap = dist_mat.masked_fill(~same, float("-inf")).amax(dim=1)
+    d_an = dist_mat.masked_fill(same, float("inf")).amin(dim=1)
+    if margin is None:
+        loss = F.softplus(d_ap - d_an).mean()
+    else:
+        loss = F.relu(d_ap - d_an + margin).mean()
+    return loss, d_ap, d_an
+
+
+class ReIDTask:
+    """Identity loss (CE, label smoothing) + triplet loss on ``(image, pid, camid)`` batches.
+
+    Args:
+        label_smoothing: epsilon of the cross-entropy.
+        triplet_margin: margin of the triplet loss; None for the soft margin.
+        id_weight, triplet_weight: weights of the two losses.
+        pad: pad-and-crop reach in pixels (0: off); flip: random horizontal flips.
+        erasing: probability of random erasing per image (0: off).
+    """
+
+    def __init__(
+        self,
+        label_smoothing: float = 0.1,
+        triplet_margin: float | None = 0.3,
+        id_weight: float = 1.0,
+        triplet_weight: float = 1.0,
+        pad: int = 0,
+        flip: bool = True,
+        erasing: float = 0.5,
+    ) -> None:
+        self.label_smoothing = label_smoothing
+        self.triplet_margin = triplet_margin
+        self.id_weight = id_weight
+        self.triplet_weight = triplet_weight
+        self.pad = pad
+        self.flip = flip
+        self.erasing = erasing
+
+    def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    def augment(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        x, *labels = batch
+        x = pad_crop_flip(x, generator, self.pad, self.flip)
+        if self.erasing > 0:
+            x = random_erasing(x, generator, self.erasing)
+        return (x, *labels)
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        # Always ask for the scores too, so a converted classifier sees its input in every phase.
+        return model(batch[0], return_logits=True)
+
+    def loss(self, output: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        scores, feats = (o.float() for o in output)
+        pids = batch[1]
+        id_loss = F.cross_entropy(scores, pids, label_smoothing=self.label_smoothing)
+        tri_loss, d_ap, d_an = batch_hard_triplet(feats, pids, self.triplet_margin)
+        loss = self.id_weight * id_loss + self.triplet_weight * tri_loss
+        logs = {
+            "id_loss": id_loss.item(),
+            "triplet_loss": tri_loss.item(),
+            "train_acc": (scores.argmax(-1) == pids).float().mean().item(),
+            "triplet_acc": (d_an > d_ap).float().mean().item(),
+        }
+        return loss, logs
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, flip: bool = False
+) -> torch.Tensor:
+    """Evaluation features of every item of ``dataset`` (in order), on every rank, on CPU.
+
+    Rank r embeds the r-th of ``world`` equal contiguous chunks (the last one padded by
+    repeating the final item), the chunks are gathered in rank order and the padding is
+    dropped. With ``flip`` a feature is the mean of the image's and its mirror's.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot extract features of an empty dataset")
+    device = next(model.parameters()).device
+    per_rank = -(-n // dist.world_size())
+    start = dist.rank() * per_rank
+    chunk = Subset(dataset, [min(i, n - 1) for i in range(start, start + per_rank)])
+    was_training = model.training
+    model.eval()
+    feats = []
+    for x, *_ in DataLoader(chunk, batch_size=batch_size):
+        x = x.to(device)
+        f = model(x).float()
+        if flip:
+            f = (f + model(x.flip(-1)).float()) / 2
+        feats.append(f)
+    model.train(was_training)
+    return dist.all_gather_cat(torch.cat(feats))[:n].cpu()
+
+
+def distance_matrix(a: torch.Tensor, b: torch.Tensor, metric: str = "euclidean") -> np.ndarray:
+    """(len(a), len(b)) distances in float64: euclidean, or cosine distance 1 - cos."""
+    a, b = a.double(), b.double()
+    if metric == "euclidean":
+        return pairwise_euclidean(a, b).numpy()
+    if metric == "cosine":
+        return (1 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).numpy()
+    raise ValueError(f"distance must be one of {DISTANCES}, got {metric!r}")
+
+
+def evaluate_reid(
+    model: nn.Module,
+    query: ReIDImageDataset,
+    gallery: ReIDImageDataset,
+    batch_size: int = 256,
+    flip: bool = False,
+    normalize: bool = True,
+    distance: str = "euclidean",
+    rerank: dict[str, Any] | None = None,
+    max_rank: int = 50,
+) -> dict[str, Any]:
+    """mAP, mINP, Rank-1/5/10 and the CMC curve (all in %) of ``model`` on query vs gallery.
+
+    ``rerank`` (k1, k2, lambda_value), if given, applies k-reciprocal re-ranking to the
+    distances before ranking.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    qf = extract_features(model, query, batch_size, flip)
+    gf = extract_features(model, gallery, batch_size, flip)
+    if normalize:
+        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+    distmat = distance_matrix(qf, gf, distance)
+    if rerank is not None:
+        distmat = re_ranking(
+            distmat, distance_matrix(qf, qf, distance), distance_matrix(gf, gf, distance), **rerank
+        )
+    r = evaluate_full(distmat, query.pids, gallery.pids, query.camids, gallery.camids, max_rank)
+    metrics = {k: 100.0 * r[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
+    metrics["cmc"] = (100.0 * r["cmc"]).tolist()
+    return metrics
