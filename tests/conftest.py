@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -55,6 +56,12 @@ def randomize_denoisers(model: nn.Module, strength: float = 0.1, seed: int = 0) 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per xdist worker: two workers with two threads each on two cores run torch
+    # CPU ops many times slower (oversubscription)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -15,20 +15,34 @@ from denoiserep.dense.metrics import (
     boundary_intersection_union,
     boundary_iou,
 )
+from denoiserep.dense.models import (
+    DETECTION_BACKBONE,
+    DETECTION_FPN,
+    SEGMENTATION_BACKBONE,
+    build_detector,
+    build_segmenter,
+    load_weights,
+)
 
 __all__ = [
     "ADE20KSegmentation",
     "CategoryMap",
     "CocoDetection",
+    "DETECTION_BACKBONE",
+    "DETECTION_FPN",
     "FASHION_MNIST_CLASSES",
     "FashionCanvas",
     "JointRandomTransform",
+    "SEGMENTATION_BACKBONE",
     "SegmentationMetric",
     "boundary_intersection_union",
     "boundary_iou",
+    "build_detector",
     "build_fashion_canvas",
+    "build_segmenter",
     "coco_evaluate",
     "detection_collate",
     "load_coco",
+    "load_weights",
     "predictions_to_coco_results",
 ]

@@ -1,0 +1,149 @@
+"""`denoiserep segment` end to end on a tiny canvas built from a fake Fashion-MNIST (IDX files
+written here), plus the task's pieces: reproducible augmentation, metrics in percent."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_model
+from torch import nn
+
+from denoiserep.cli import main, packaged_config
+from denoiserep.dense.ade20k import ADE20KSegmentation
+from denoiserep.dense.models import build_segmenter, load_weights
+from denoiserep.dense.segmentation import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataConfig,
+    SegmentationTask,
+    evaluate_segmentation,
+)
+
+
+def write_fake_fmnist(folder: Path, n: int = 20) -> Path:
+    """Fashion-MNIST IDX files (uncompressed) holding bright rectangles labelled 0..9."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for source in ("train", "t10k"):
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i in range(n):
+            h, w = rng.integers(12, 27, size=2)
+            images[i, 1 : 1 + h, 1 : 1 + w] = rng.integers(120, 255)
+        for kind, array in (("images-idx3", images), ("labels-idx1", np.arange(n) % 10)):
+            header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+            data = header + array.astype(np.uint8).tobytes()
+            (folder / f"{source}-{kind}-ubyte").write_bytes(data)
+    return folder
+
+
+def test_segment_cli_end_to_end(tmp_path, capsys):
+    fmnist = write_fake_fmnist(tmp_path / "fmnist")
+    out = tmp_path / "run"
+    argv = [
+        "segment",
+        "--config",
+        str(packaged_config("segment_tiny.yaml")),
+        "--output",
+        str(out),
+        "--no-progress",
+        f"data.canvas.root={tmp_path / 'canvas'}",
+        f"data.canvas.fmnist_dir={fmnist}",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["per_seed"]["0"]) == {"baseline", "control", "denoiserep"}
+    for arm, metrics in report["per_seed"]["0"].items():
+        for key in ("mIoU", "aAcc", "mAcc", "B-IoU"):
+            assert 0.0 <= metrics[key] <= 100.0, (arm, key)
+        assert report["summary"][arm]["mIoU"]["values"] == [metrics["mIoU"]]
+    assert report["per_seed"]["0"]["denoiserep"]["max_abs_diff_fused_unfused"] < 1e-3
+    assert report["params_fused"] == report["params_baseline"]
+    assert [r["phase"] for r in report["histories"]["0"]["denoiserep"]] == ["denoiser", "joint"]
+    assert "B-IoU" in (out / "results.md").read_text()
+    assert (out / "predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "results.md" in capsys.readouterr().out
+    plain = build_segmenter("deeplabv3_mobilenet_v3_large", 10)
+    load_model(plain, str(out / "seed0" / "denoiserep" / "fused.safetensors"), strict=True)
+
+
+def test_augmentation_follows_the_generator():
+    task = SegmentationTask(crop_size=8, scale_range=(0.5, 2.0), flip=True)
+    images = [torch.rand(3, 8, 8) for _ in range(3)]
+    masks = [torch.randint(0, 4, (8, 8)) for _ in range(3)]
+    a = task.augment((images, masks), torch.Generator().manual_seed(5))
+    torch.rand(10)  # the global RNG must not matter
+    b = task.augment((images, masks), torch.Generator().manual_seed(5))
+    assert a[0].shape == (3, 3, 8, 8) and a[1].shape == (3, 8, 8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    identity = SegmentationTask(crop_size=8, scale_range=(1.0, 1.0), flip=False)
+    x, y = identity.augment((images, masks), torch.Generator().manual_seed(5))
+    assert torch.allclose(x, torch.stack(images), atol=1e-6) and torch.equal(y, torch.stack(masks))
+
+
+class _Oracle(nn.Module):
+    """Reads the class off the red channel (class k painted as 20 * (k + 1))."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+        std = torch.tensor(IMAGENET_STD)[:, None, None]
+        red = (x * std + mean)[:, 0] * 255
+        labels = (red / 20).round().long().clamp(1, self.num_classes) - 1
+        return {"out": F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()}
+
+
+def test_perfect_predictions_score_100_on_mixed_sizes(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    for sub in ("images/validation", "annotations/validation"):
+        (root / sub).mkdir(parents=True)
+    for name, (h, w) in (("a", (6, 9)), ("b", (8, 5))):  # different sizes: one forward each
+        raw = np.zeros((h, w), dtype=np.uint8)  # 0 = "other", ignored
+        raw[1:4, 1:4], raw[4:, 2:] = 1, 3
+        red = np.where(raw > 0, 20 * raw, 0).astype(np.uint8)
+        Image.fromarray(np.stack([red] * 3, -1)).save(root / "images/validation" / f"{name}.png")
+        Image.fromarray(raw).save(root / "annotations/validation" / f"{name}.png")
+    val = ADE20KSegmentation(tmp_path, "validation", num_classes=3)
+    metrics = evaluate_segmentation(_Oracle(3), val, batch_size=2)
+    assert metrics == {"mIoU": 100.0, "aAcc": 100.0, "mAcc": 100.0, "B-IoU": 100.0}
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="set data.crop_size"):
+        DataConfig(ade20k_root="ade")
+    with pytest.raises(ValueError, match="unknown segmentation model 'segformer'"):
+        build_segmenter("segformer", 3)
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        build_segmenter("lraspp_mobilenet_v3_large", 3, aux_loss=True)
+
+
+def test_weights_load_strictly(tmp_path):
+    torch.manual_seed(0)
+    source = build_segmenter("lraspp_mobilenet_v3_large", 3)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    loaded = build_segmenter("lraspp_mobilenet_v3_large", 3, weights=tmp_path / "w.pt")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match=r"w\.pt does not fit LRASPP: size mismatch"):
+        build_segmenter("lraspp_mobilenet_v3_large", 4, weights=tmp_path / "w.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_weights(source, tmp_path / "missing.pt")
+
+
+def test_bn_momentum_override():
+    model = build_segmenter("lraspp_mobilenet_v3_large", 3, bn_momentum=0.1)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+    assert build_segmenter("lraspp_mobilenet_v3_large", 3).backbone["0"][1].momentum == 0.01
