@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 run() { echo "== $*"; /usr/bin/time -f "wall %e s" .venv/bin/denoiserep "$@" --no-progress; }
 run classify --config fashion_vit.yaml
 run ablate --config ablation_fashion.yaml
-run classify --config fashion_resnet.yaml
+run classify --config fashion_resnet.yaml seeds=[0]
 run classify --config fashion_vmamba.yaml seeds=[0]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -24,14 +23,13 @@ import denoiserep as dr
 from denoiserep.bench.latency import measure_latency
 from denoiserep.engine import dist
 from denoiserep.engine.config import to_dict
+from denoiserep.engine.report import ARMS, aggregate_seeds
 from denoiserep.engine.runs import prepare_run_folder
 from denoiserep.engine.trainer import TrainConfig, fit
 from denoiserep.models.factory import create_model, num_parameters
 
 from .datasets import ArrayImageDataset, build_classification_data
 from .task import ClassificationTask, evaluate
-
-ARMS = ("baseline", "control", "denoiserep")
 
 
 @dataclass
@@ -126,24 +124,6 @@ def fused_vs_unfused(converted: nn.Module, fused: nn.Module, x: torch.Tensor) ->
     finally:
         for layer in layers:
             layer.explicit = False
-
-
-def aggregate_seeds(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
-    """mean and std (ddof 1) over seeds of every arm's metrics."""
-    summary: dict[str, dict[str, Any]] = {}
-    arms = next(iter(per_seed.values())).keys()
-    for arm in arms:
-        metrics = next(iter(per_seed.values()))[arm].keys()
-        summary[arm] = {}
-        for m in metrics:
-            values = np.array([per_seed[s][arm][m] for s in per_seed], dtype=float)
-            std = values.std(ddof=1) if len(values) > 1 else 0.0
-            summary[arm][m] = {
-                "mean": float(values.mean()),
-                "std": float(std),
-                "values": values.tolist(),
-            }
-    return summary
 
 
 class Experiment:

@@ -6,17 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ARM_LABELS = {
-    "baseline": "baseline",
-    "control": "control (same extra epochs, no DenoiseRep)",
-    "denoiserep": "DenoiseRep (fused)",
-}
-
-
-def _cell(stat: dict[str, Any], digits: int = 2) -> str:
-    if len(stat["values"]) > 1:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
+from denoiserep.engine.report import ARM_LABELS, format_stat
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -25,7 +15,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     seeds = len(report["per_seed"])
     lines = ["| arm | acc@1 (%) | acc@5 (%) |", "| --- | --- | --- |"]
     for arm, stats in summary.items():
-        lines.append(f"| {ARM_LABELS[arm]} | {_cell(stats['acc1'])} | {_cell(stats['acc5'])} |")
+        lines.append(
+            f"| {ARM_LABELS[arm]} | {format_stat(stats['acc1'])} | {format_stat(stats['acc5'])} |"
+        )
     lines.append("")
     lines.append(f"Seeds: {seeds}. Device: {report['device']}.")
     if "denoiserep" in summary:

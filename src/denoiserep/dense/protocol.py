@@ -25,21 +25,16 @@ from torch.utils.data import Dataset
 
 import denoiserep as dr
 from denoiserep.bench.latency import measure_latency
-from denoiserep.classification.protocol import aggregate_seeds, denoising_strength
+from denoiserep.classification.protocol import denoising_strength
 from denoiserep.engine import dist
 from denoiserep.engine.config import to_dict
+from denoiserep.engine.report import ARM_LABELS, ARMS, aggregate_seeds, format_stat
 from denoiserep.engine.trainer import TrainConfig, fit
 from denoiserep.models.factory import num_parameters
 
 from .canvas import FashionCanvas, build_fashion_canvas
 from .models import load_weights
 
-ARMS = ("baseline", "control", "denoiserep")
-ARM_LABELS = {
-    "baseline": "baseline",
-    "control": "control (same extra epochs, no DenoiseRep)",
-    "denoiserep": "DenoiseRep (fused)",
-}
 CANVAS_RECORD = "canvas.yaml"
 
 
@@ -245,12 +240,6 @@ def run_arms(
     return report, first
 
 
-def _cell(stat: dict[str, Any]) -> str:
-    if len(stat["values"]) > 1:
-        return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-    return f"{stat['mean']:.2f}"
-
-
 def markdown_table(report: dict[str, Any], columns: dict[str, str]) -> str:
     """Per arm, the metrics named by ``columns`` (key -> header), then the fusion checks."""
     summary = report["summary"]
@@ -259,7 +248,7 @@ def markdown_table(report: dict[str, Any], columns: dict[str, str]) -> str:
         "| --- |" + " --- |" * len(columns),
     ]
     for arm, stats in summary.items():
-        cells = [_cell(stats[key]) for key in columns]
+        cells = [format_stat(stats[key]) for key in columns]
         lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
     lines += ["", f"Seeds: {len(report['per_seed'])}. Device: {report['device']}."]
     if "denoiserep" in summary:

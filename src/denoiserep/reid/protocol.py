@@ -35,13 +35,13 @@ from torch import nn
 import denoiserep as dr
 from denoiserep.bench.latency import measure_latency
 from denoiserep.classification.protocol import (
-    aggregate_seeds,
     denoising_strength,
     fused_vs_unfused,
     resolve_device,
 )
 from denoiserep.engine import dist
 from denoiserep.engine.config import from_dict, to_dict
+from denoiserep.engine.report import ARMS, aggregate_seeds
 from denoiserep.engine.runs import prepare_run_folder
 from denoiserep.engine.trainer import TrainConfig, fit
 from denoiserep.models.factory import num_parameters
@@ -52,7 +52,6 @@ from .sampler import RandomIdentitySampler
 from .synth import build_fashion_reid
 from .task import DISTANCES, ReIDImageDataset, ReIDTask, evaluate_reid
 
-ARMS = ("baseline", "control", "denoiserep")
 PROTOCOLS = ("label_free", "label_augmented", "merged")
 LABELLED_SCHEDULES = ("backbone", "joint", "alternating")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

@@ -6,23 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-ARM_LABELS = {
-    "baseline": "baseline",
-    "control": "control (same extra epochs, no DenoiseRep)",
-    "denoiserep": "DenoiseRep (fused)",
-}
+from denoiserep.engine.report import ARM_LABELS, format_stat
+
 METRICS = (("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))
 PROTOCOL_NOTES = {
     "label_free": "denoisers trained label-free on the target training images, backbone frozen",
     "label_augmented": "denoisers and backbone trained with labels under the phase schedule",
     "merged": "denoisers trained label-free on the union of several datasets' training images",
 }
-
-
-def _cell(stat: dict[str, Any], digits: int = 2) -> str:
-    if len(stat["values"]) > 1:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -34,7 +25,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "| --- |" + " --- |" * len(header),
     ]
     for arm, stats in summary.items():
-        cells = [_cell(stats[key]) for key, _ in METRICS] + [_cell(stats["mINP"])]
+        cells = [format_stat(stats[key]) for key, _ in METRICS] + [format_stat(stats["mINP"])]
         lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
     data = report["dataset"]
     protocol = report["protocol"]
