@@ -57,7 +57,8 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
             epochs, [r.get("test_acc1", float("nan")) for r in records], marker=".", label=arm
         )
         if arm == "denoiserep":
-            axes[0].plot(epochs, [r["ploss"] for r in records], ls="--", label="noise-pred. loss")
+            ploss = [r.get("ploss", float("nan")) for r in records]  # absent in backbone epochs
+            axes[0].plot(epochs, ploss, ls="--", marker="x", label="noise-pred. loss")
     axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="test acc@1 (%)", title="test accuracy")
     for ax in axes[:2]:

@@ -206,9 +206,11 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            logs = dict(logs, loss=loss.item(), ploss=ploss.item())
+            logs = dict(logs, loss=loss.item())
             if phase != "denoiser":
                 logs["task_loss"] = task_loss.item()
+            if converted and phase != "backbone":
+                logs["ploss"] = ploss.item()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["n"] = sums.get("n", 0) + 1
