@@ -134,7 +134,7 @@ def summarize(report: dict[str, Any]) -> str:
         f"acc@1 (%) over {seeds} seeds; diff = paired difference to the control arm (same seed).",
         "",
         "| arm | acc@1 | diff vs control | paired t-test p | beats control | "
-        "changed predictions vs baseline (%) | mean strength ||k_t D||/sqrt(C) |",
+        "changed predictions vs baseline (%) | mean strength ‖k_t D‖/√C |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, r in report["acc1"].items():
