@@ -35,6 +35,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phase: str, steps:
 
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)  # two processes on two cores
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, y = data()
     shard = slice(rank * 4, rank * 4 + 4)
