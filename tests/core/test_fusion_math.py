@@ -181,6 +181,8 @@ def test_fuse_weight_keeps_memory_layout():
     w_cl = w.contiguous(memory_format=torch.channels_last)
     assert dr.fuse_weight(w_cl, A).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(dr.fuse_weight(w_cl, A), dr.fuse_weight(w, A))
+    w1 = torch.randn(8, 4, 1, 1)  # 1x1 kernels: strides of size-1 dims must match too
+    assert dr.fuse_weight(w1, A).stride() == w1.stride()
 
 
 def test_fuse_weight_rejects_wrong_shape():

@@ -37,15 +37,9 @@ def fuse_weight(weight: torch.Tensor, A: torch.Tensor, groups: int = 1) -> torch
     w = weight.reshape(groups, c_out // groups, cg, -1)
     a = A.reshape(groups, cg, cg)
     fused = torch.einsum("gojk,gji->goik", w, a).reshape(weight.shape)
-    # keep the weight's memory layout: a different one changes which kernels run (and timing)
-    layout = (
-        torch.channels_last
-        if not weight.is_contiguous()
-        and weight.dim() == 4
-        and (weight.is_contiguous(memory_format=torch.channels_last))
-        else torch.contiguous_format
-    )
-    return fused.contiguous(memory_format=layout)
+    # exactly the weight's strides (size-1 dims included): other strides select other kernels
+    out = torch.empty_like(weight, dtype=fused.dtype, memory_format=torch.preserve_format)
+    return out.copy_(fused)
 
 
 def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
