@@ -36,3 +36,14 @@ def format_stat(stat: dict[str, Any], digits: int = 2) -> str:
     if len(stat["values"]) > 1:
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
     return f"{stat['mean']:.{digits}f}"
+
+
+def cost_rows(report: dict[str, Any]) -> list[str]:
+    """Markdown rows: parameters and inference latency of the fused model against the baseline."""
+    return [
+        f"| parameters baseline / fused | {report['params_baseline']:,} / "
+        f"{report['params_fused']:,} |",
+        f"| inference latency fused / baseline (batch {report['latency_batch']}) | "
+        f"{report['latency_ratio_fused_over_baseline']:.3f} "
+        f"({report['latency_ms_fused']:.2f} ms / {report['latency_ms_baseline']:.2f} ms) |",
+    ]

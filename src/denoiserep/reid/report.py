@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from denoiserep.engine.report import ARM_LABELS, format_stat
+from denoiserep.engine.report import ARM_LABELS, cost_rows, format_stat
 
 METRICS = (("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))
 PROTOCOL_NOTES = {
@@ -46,11 +46,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             "| --- | --- |",
             f"| max abs(fused - unfused) feature difference | {diff:.3g} |",
             f"| max abs change of backbone/head weights from the baseline | {change:.3g} |",
-            f"| parameters baseline / fused | {report['params_baseline']:,} / "
-            f"{report['params_fused']:,} |",
-            f"| inference latency fused / baseline (batch {report['latency_batch']}) | "
-            f"{report['latency_ratio_fused_over_baseline']:.3f} "
-            f"({report['latency_ms_fused']:.2f} ms / {report['latency_ms_baseline']:.2f} ms) |",
+            *cost_rows(report),
         ]
     return "\n".join(lines) + "\n"
 
