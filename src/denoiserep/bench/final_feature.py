@@ -7,8 +7,8 @@ feature and the DDPM posterior-mean step (z = 0)
     z_{t-1} = (z_t - k_t P z_t) / sqrt(alpha_t),   k_t = beta_t / sqrt(1 - abar_t),
 
 for t = T, T-1, ..., 1. It costs T extra matrix-vector products per image at inference.
-Unlike the authors' version (DESIGN.md section 4), t really falls at every step and the
-caller's feature tensor is never modified.
+Unlike the authors' release, t really falls at every step and the caller's feature tensor
+is never modified.
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""Training cost: step time, peak memory and FLOPs of DenoiseRep training in each phase
+against plain training of the same model on the same batch."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import denoiserep as dr
+from denoiserep.engine.optim import build_optimizer
+
+from .config import MB, BenchConfig
+from .flops import flops_of
+from .latency import time_interleaved
+from .measure import autocast, ratio, stats_ms
+from .memory import module_tensors, optimizer_tensors, peak_memory, tensor_bytes
+
+Step = Callable[[], None]
+
+
+def train_step(
+    model: nn.Module,
+    phase: str | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: BenchConfig,
+) -> tuple[Step, torch.optim.Optimizer]:
+    """One optimisation step as the engine's trainer does it (phase None: plain training)."""
+    optimizer = build_optimizer(model, "adamw", cfg.train.lr, cfg.train.weight_decay)
+    lam = cfg.denoise.loss_weight
+
+    def step() -> None:
+        if phase == "denoiser":
+            dr.train_frozen_backbone(model)
+        else:
+            model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(x.device, cfg.bf16):
+            output = model(x)
+            loss = lam * dr.denoise_loss(model) if phase else torch.zeros((), device=x.device)
+            if phase != "denoiser":
+                loss = loss + F.cross_entropy(output.float(), y)
+        loss.backward()
+        optimizer.step()
+
+    return step, optimizer
+
+
+def top_ops(step: Step, device: torch.device, top: int) -> list[dict[str, Any]]:
+    """The ``top`` operators by self time (CPU, or CUDA kernels on a GPU) in one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "calls": e.count} for e in events]
+
+
+def training_cost(
+    baseline: nn.Module,
+    converted: nn.Module,
+    cfg: BenchConfig,
+    tick: Callable[[str], contextlib.AbstractContextManager],
+) -> dict[str, Any]:
+    """Step time (interleaved), peak memory and FLOPs per step of each training variant."""
+    device = next(baseline.parameters()).device
+    tc = cfg.train
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(tc.batch_size, 3, cfg.image_size, cfg.image_size, generator=g).to(device)
+    with torch.no_grad():
+        num_classes = baseline.eval()(x[:1]).shape[-1]
+    y = torch.randint(num_classes, (tc.batch_size,), generator=g).to(device)
+    steps: dict[str, tuple[Step, torch.optim.Optimizer, nn.Module]] = {}
+    plain = copy.deepcopy(baseline)
+    steps["baseline"] = (*train_step(plain, None, x, y, cfg), plain)
+    for phase in tc.phases:
+        model = copy.deepcopy(converted)
+        dr.set_phase(model, phase)
+        steps[phase] = (*train_step(model, phase, x, y, cfg), model)
+    rows: dict[str, dict[str, Any]] = {}
+    with tick("train warm-up and FLOPs"):
+        for name, (step, _, _) in steps.items():
+            rows[name] = {"gflops_per_step": flops_of(step) / 1e9}
+            for _ in range(tc.warmup - 1):
+                step()
+    with tick("train step time"):
+        times = time_interleaved({n: s[0] for n, s in steps.items()}, tc.steps, 0, device, cfg.seed)
+    for name, ts in times.items():
+        rows[name].update(stats_ms(ts))
+    with tick("train peak memory"):
+        for name, (step, optimizer, model) in steps.items():
+            peak = None
+            if cfg.memory:
+                optimizer.zero_grad(set_to_none=True)  # the step allocates its gradients anew
+                static = tensor_bytes(module_tensors(model) + optimizer_tensors(optimizer) + [x, y])
+                peak = (static + peak_memory(step, device)) / MB
+            rows[name]["peak_mb"] = peak
+    if tc.profile_top:
+        with tick("train profile"):
+            for name, (step, _, _) in steps.items():
+                rows[name]["top_ops"] = top_ops(step, device, tc.profile_top)
+    base = rows["baseline"]
+    for row in rows.values():
+        row["step_ratio"] = ratio(row["median_ms"], base["median_ms"])
+        row["peak_ratio"] = ratio(row["peak_mb"], base["peak_mb"])
+        row["gflops_ratio"] = ratio(row["gflops_per_step"], base["gflops_per_step"])
+    return {"batch_size": tc.batch_size, "variants": rows}
