@@ -1,0 +1,135 @@
+"""Feature-noise evaluation: Gaussian noise at the input of every target layer, at eval time.
+
+``with feature_noise(model, sigma=0.1, seed=0, targets=names): evaluate(model)`` adds
+``sigma * std(x) * n`` to the input ``x`` of each named layer, with ``std(x)`` the standard
+deviation of that whole input tensor and ``n`` standard normal noise. This is the perturbation a
+DenoiseRep denoiser is trained to remove, applied identically to any arm:
+
+* the noise of a layer's k-th call inside the context comes from a generator seeded from
+  (seed, the layer's qualified name, k), so two models whose layers have the same names (the
+  baseline, a control copy, a converted model, its fused export) see identical noise for
+  identical inputs evaluated in the same order;
+* in a converted model the noise goes to the :class:`DenoiseLayer` (the layer's name in the
+  original model, as :func:`denoiserep.denoise_layers` reports it), i.e. before the fused
+  reverse step, as in the fused export;
+* ``sigma = 0`` changes nothing, bit for bit; the hooks are removed when the context exits,
+  also on an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convert import denoise_layers, is_converted, unwrap
+from .layer import is_supported
+
+
+def noise_seed(seed: int, name: str, call: int) -> int:
+    """A 63-bit seed for the noise of layer ``name``'s ``call``-th forward (stable everywhere)."""
+    key = f"denoiserep.feature_noise:{int(seed)}:{name}:{int(call)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def target_layers(model: nn.Module, targets: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """The modules ``feature_noise`` hooks, by qualified name in the original model.
+
+    ``targets=None``: the DenoiseRep layers of a converted model, or else every Linear / Conv
+    layer :func:`denoiserep.convert` with ``targets="all"`` would wrap (registration order).
+    A list of names: those layers, each looked up first among the converted model's DenoiseRep
+    layers (by original name), then among its modules.
+    """
+    root = unwrap(model)
+    converted = denoise_layers(root) if is_converted(root) else {}
+    if targets is None:
+        if converted:
+            return dict(converted)
+        chosen = {n: m for n, m in root.named_modules() if n and is_supported(m)}
+        if not chosen and is_supported(root):  # the model is a single layer, named ""
+            chosen = {"": root}
+        if not chosen:
+            raise ValueError(f"{type(root).__name__} has no Linear / Conv layer to add noise to")
+        return chosen
+    if isinstance(targets, str):
+        raise TypeError("targets must be a list of layer names, not a string")
+    modules = dict(root.named_modules())
+    chosen = {}
+    for name in targets:
+        if name in converted:
+            chosen[name] = converted[name]
+        elif name in modules:
+            chosen[name] = modules[name]
+        else:
+            examples = list(converted) or [n for n, m in modules.items() if is_supported(m)]
+            raise KeyError(
+                f"feature_noise: no layer named {name!r} in {type(root).__name__}; "
+                f"e.g. {', '.join(examples[:6])}"
+            )
+    if not chosen:
+        raise ValueError("feature_noise: targets is empty")
+    return chosen
+
+
+@dataclass
+class FeatureNoise:
+    """What a ``feature_noise`` context did: its layers and how often each was called."""
+
+    sigma: float
+    seed: int
+    layers: list[str]
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+def _noisy(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    compute = torch.promote_types(x.dtype, torch.float32)
+    g = torch.Generator(device=x.device)
+    g.manual_seed(seed)
+    noise = torch.randn(x.shape, generator=g, device=x.device, dtype=compute)
+    std = x.detach().to(compute).std(correction=0)
+    return x + (noise * (sigma * std)).to(x.dtype)
+
+
+@contextmanager
+def feature_noise(
+    model: nn.Module, sigma: float, seed: int = 0, targets: Iterable[str] | None = None
+) -> Iterator[FeatureNoise]:
+    """Within the context, Gaussian noise of std ``sigma * std(x)`` joins each target's input x.
+
+    ``targets``: qualified layer names (see :func:`target_layers`; pass the same list to every
+    arm, e.g. ``list(dr.denoise_layers(converted))``), or None for the default targets. Yields a
+    :class:`FeatureNoise` record whose ``calls`` count each layer's forwards.
+    """
+    sigma = float(sigma)
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    layers = target_layers(model, targets)
+    record = FeatureNoise(sigma, int(seed), list(layers), dict.fromkeys(layers, 0))
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            call = record.calls[name]
+            record.calls[name] = call + 1
+            if sigma == 0.0 or not args or not isinstance(args[0], torch.Tensor):
+                return None
+            x = args[0]
+            if not x.is_floating_point() or x.numel() == 0:
+                return None
+            return (_noisy(x, sigma, noise_seed(record.seed, name, call)), *args[1:])
+
+        return hook
+
+    handles = []
+    try:
+        for name, module in layers.items():
+            handles.append(module.register_forward_pre_hook(hook_for(name)))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
