@@ -22,6 +22,7 @@ TINY = [
     "baseline.epochs=8",
     "baseline.ckpt_every=5",
     "finetune.epochs=2",
+    "finetune.denoiser_epochs=0",
     "seeds=[0]",
 ]
 
@@ -77,6 +78,8 @@ def folder_args(root, out) -> list[str]:
         "data.options={img_size: 16}",
         "baseline.epochs=1",
         "finetune.epochs=1",
+        "finetune.phases=joint",
+        "finetune.denoiser_epochs=0",
         "baseline.batch_size=2",
         "finetune.batch_size=2",
     ]
@@ -123,7 +126,16 @@ def test_label_file_disagreeing_with_images(tmp_path, capsys):
 
 def test_mismatched_weights_and_existing_run_are_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["demo", "--output", str(out), *TINY[:2], "baseline.epochs=1", "finetune.epochs=1"]
+    args = [
+        "demo",
+        "--output",
+        str(out),
+        *TINY[:2],
+        "baseline.epochs=1",
+        "finetune.epochs=1",
+        "finetune.phases=joint",
+        "finetune.denoiser_epochs=0",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     before = (out / "results.json").read_text()

@@ -108,6 +108,15 @@ def _call(model: nn.Module, example_input: Any) -> None:
         model(example_input)
 
 
+def _describe(example_input: Any) -> str:
+    """`` of shape (2, 3, 8, 8)`` for a tensor (a tuple: its tensors' shapes), else ``""``."""
+    items = example_input if isinstance(example_input, tuple) else (example_input,)
+    shapes = [tuple(x.shape) for x in items if isinstance(x, torch.Tensor)]
+    if not shapes or len(shapes) != len(items):
+        return ""
+    return " of shape " + ", ".join(str(s) for s in shapes)
+
+
 def execution_order(
     model: nn.Module, targets: dict[str, nn.Module], example_input: Any
 ) -> list[str]:
@@ -133,6 +142,14 @@ def execution_order(
         model.eval()
         with torch.no_grad():
             _call(model, example_input)
+    except Exception as e:  # noqa: BLE001 - the model's own error, in one line
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else ""
+        raise ValueError(
+            f"example_input{_describe(example_input)}: the model rejected it: "
+            f"{type(e).__name__}: {reason}; pass an input the model accepts (e.g. a batch of "
+            "training inputs)"
+        ) from e
     finally:
         for h in handles:
             h.remove()

@@ -2,23 +2,43 @@
 
 A checkpoint folder holds ``model.safetensors`` (the model as trained: converted, not fused),
 ``denoiserep.yaml`` for converted models, and ``state.pt`` (optimizer, scheduler, epoch,
-step, RNG states, history, config). ``latest`` names the newest complete checkpoint.
+step, RNG states, history, config). ``latest`` names the newest checkpoint written. The last
+two checkpoints are kept; a run resumes from the newest one that reads, and a checkpoint that
+cannot be read (truncated, corrupt) is skipped with a one-line warning naming it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_model
 from torch import nn
 
 import denoiserep as dr
+from denoiserep.core.io import load_state_checked, read_weights
+
+from .dist import is_main
+from .runs import note_started
+
+__all__ = [
+    "KEEP",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_state_checked",
+    "read_weights",
+    "save_checkpoint",
+]
 
 LATEST = "latest"
+KEEP = 2
+_verified: dict[str, Any] = {}  # the state.pt read while checking it, for load_checkpoint
 
 
 def _rng_state() -> dict[str, Any]:
@@ -28,21 +48,44 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def _step(path: Path) -> int | None:
+    try:
+        return int(path.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    """``step-*`` folders under ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob("step-*") if p.is_dir() and _step(p) is not None]
+    return sorted(found, key=_step)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
-    keep: int = 1,
+    keep: int = KEEP,
 ) -> Path:
-    """Write ``step-<step>`` under ``directory`` atomically and point ``latest`` at it."""
+    """Write ``step-<step>`` under ``directory`` atomically, point ``latest`` at it and keep
+    the ``keep`` newest checkpoints (older ones, and newer ones a resume went back past, go)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".step-*.tmp"):  # left by a write that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     root = dr.unwrap(model)
-    name = f"step-{state['global_step']:08d}"
+    step = int(state["global_step"])
+    name = f"step-{step:08d}"
     tmp = directory / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     if dr.is_converted(root):
         dr.save_converted(root, tmp)
@@ -57,19 +100,85 @@ def save_checkpoint(
     pointer = directory / f".{LATEST}.tmp"
     pointer.write_text(name)
     os.replace(pointer, directory / LATEST)
-    old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p != final)
-    for stale in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(stale, ignore_errors=True)
+    others = [p for p in _checkpoints(directory) if p != final]
+    older = [p for p in others if _step(p) < step]
+    stale = [p for p in others if _step(p) > step] + older[: max(0, len(older) - (keep - 1))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    note_started(directory)  # a run with a checkpoint has started: its folder is claimed
     return final
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """``state.pt`` of checkpoint ``path``, or a one-line error naming the file."""
+    file = path / "state.pt"
+    key = str(file)
+    cached = _verified.pop(key, None)
+    if cached is not None and cached[0] == _stamp(file):
+        return cached[1]
+    try:
+        return _torch_state(file)
+    except Exception as e:  # noqa: BLE001 - every reader error becomes one line naming the file
+        raise ValueError(
+            f"checkpoint file {file} cannot be read, it is truncated or corrupt "
+            f"({_first_line(e)}); delete {path} to resume from the checkpoint before it"
+        ) from None
+
+
+def _torch_state(file: Path) -> dict[str, Any]:
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "global_step" not in state:
+        raise ValueError("it holds no training state")
+    return state
+
+
+def _stamp(file: Path) -> tuple[int, int]:
+    st = file.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _problem(path: Path) -> str | None:
+    """Why checkpoint ``path`` cannot be resumed from, or None if it reads."""
+    for name in ("model.safetensors", "state.pt"):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    try:
+        with safe_open(str(path / "model.safetensors"), "pt"):
+            pass
+    except Exception as e:  # noqa: BLE001
+        return f"model.safetensors: {_first_line(e)}"
+    meta = path / "denoiserep.yaml"
+    if meta.exists():
+        try:
+            yaml.safe_load(meta.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            return f"denoiserep.yaml: {_first_line(e)}"
+    try:
+        state = _torch_state(path / "state.pt")
+    except Exception as e:  # noqa: BLE001
+        return f"state.pt: {_first_line(e)}"
+    _verified.clear()
+    _verified[str(path / "state.pt")] = (_stamp(path / "state.pt"), state)
+    return None
+
+
+def _warn(message: str) -> None:
+    if is_main():
+        print(f"denoiserep: warning: {message}", file=sys.stderr, flush=True)
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``directory``, or None."""
-    pointer = Path(directory) / LATEST
-    if not pointer.is_file():
-        return None
-    path = Path(directory) / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+    """The newest checkpoint under ``directory`` that reads, or None.
+
+    A checkpoint that cannot be read is skipped with a one-line warning naming it, so a run
+    resumes from the one before it (two are kept).
+    """
+    for path in reversed(_checkpoints(Path(directory))):
+        problem = _problem(path)
+        if problem is None:
+            return path
+        _warn(f"checkpoint {path} cannot be read ({problem}); skipped")
+    return None
 
 
 def load_checkpoint(
@@ -78,13 +187,8 @@ def load_checkpoint(
     """Restore model, optimizer, scheduler and RNG states; return the saved training state."""
     path = Path(path)
     root = dr.unwrap(model)
-    missing, unexpected = load_model(root, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not match the model: missing keys {sorted(missing)[:4]}, "
-            f"unexpected keys {sorted(unexpected)[:4]}"
-        )
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    state = _read_state(path)
+    load_state_checked(root, path / "model.safetensors", source=f"checkpoint {path}")
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

@@ -1,70 +1,28 @@
-"""Typed run configs: nested dataclasses built from YAML plus ``key.sub=value`` overrides."""
+"""Typed run configs: nested dataclasses built from YAML plus ``key.sub=value`` overrides.
+
+Every value goes through one conversion (``denoiserep.core.config.convert_value``) before any
+dataclass validates it: ``1e-3`` (text to YAML) is a number wherever a number is expected,
+a single string where a list is expected is a list of one, a nested section set by one key
+keeps the defaults of its field, and NaN, booleans given for numbers and fractional counts
+are one-line errors naming the key.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from ..core.config import dataclass_from_dict, yaml_error_line
+from .phases import schedule_problem
+
 T = TypeVar("T")
-
-
-def _dataclass_type(tp: Any) -> type | None:
-    """The dataclass inside ``tp`` (``X`` or ``X | None``), if any."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """YAML reads ``1e-3`` as a string: turn numbers-as-text into the field's number type."""
-    kinds = typing.get_args(hint) or (hint,)
-    if isinstance(value, str) and (float in kinds or int in kinds) and str not in kinds:
-        try:
-            return int(value) if int in kinds and float not in kinds else float(value)
-        except ValueError:
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool) and float in kinds:
-        return float(value)
-    return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, recursively; unknown keys name the valid ones."""
-    data = dict(data or {})
-    if hasattr(cls, "from_dict"):  # a config that validates itself, e.g. DenoiseConfig
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where or cls.__name__}: {e}") from None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys{' under ' + where if where else ''}: {', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        sub = _dataclass_type(hints[name])
-        path = f"{where}.{name}" if where else name
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, path)
-        kwargs[name] = _coerce(value, hints[name], path)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where or cls.__name__}: {e}") from None
+    return dataclass_from_dict(cls, data, where)
 
 
 def to_dict(obj: Any) -> Any:
@@ -89,21 +47,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section in the YAML file
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(
+                f"override {item!r}: {yaml_error_line(e)} (quote the value if it is text)"
+            ) from None
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
-    """Read a YAML config (or start from defaults) and apply command-line overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a YAML mapping")
-    return from_dict(cls, apply_overrides(data, list(overrides)))
+def check_training_plan(
+    baseline: Any = None,
+    finetune: Any = None,
+    has_weights: bool = False,
+    *,
+    denoiserep_arm: bool = True,
+) -> None:
+    """Refuse a plan that would report something other than what was asked for.
+
+    ``baseline`` and ``finetune`` are the arms' ``TrainConfig`` s (either may be None),
+    ``has_weights`` says whether the baseline starts from weights (pretrained or a file).
+    Errors (one line each):
+
+    - a phase schedule that leaves one of its phases without an epoch (e.g.
+      ``phases=joint, epochs=2, denoiser_epochs=2``: the joint phase never runs, so the
+      "joint" arm is the baseline plus label-free epochs) - checked for ``finetune`` only when
+      a DenoiseRep arm runs (``denoiserep_arm``);
+    - nothing trained at all: ``baseline.epochs=0`` and ``finetune.epochs=0`` without weights
+      would report an untrained model as every arm.
+    """
+    for where, cfg in (("baseline", baseline), ("finetune", finetune)):
+        if cfg is None or (where == "finetune" and not denoiserep_arm):
+            continue
+        problem = schedule_problem(
+            cfg.phases, cfg.epochs, cfg.denoiser_epochs, cfg.alternate_every, where
+        )
+        if problem:
+            raise ValueError(problem)
+    trained = [c for c in (baseline, finetune) if c is not None and c.epochs > 0]
+    if (baseline is not None or finetune is not None) and not trained and not has_weights:
+        raise ValueError(
+            "nothing would be trained: baseline.epochs=0 and finetune.epochs=0 without "
+            "baseline weights report an untrained model as every arm; set baseline.epochs, "
+            "finetune.epochs or baseline_weights"
+        )

@@ -51,11 +51,29 @@ class TrainConfig:
     workers: int = 0
 
     def __post_init__(self) -> None:
+        from denoiserep.core.config import coerce_fields
+
+        coerce_fields(self)  # "1e-3" -> 0.001; NaN, True for an int, 1.5 epochs: errors
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(
                 f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, "
                 f"{self.batch_size}, {self.lr}"
             )
+        at_least = {
+            "weight_decay": 0,
+            "momentum": 0,
+            "warmup_epochs": 0,
+            "grad_clip": 0,
+            "denoiser_epochs": 0,
+            "alternate_every": 1,
+            "ckpt_every": 0,
+            "workers": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         phase_for_epoch(self.phases, 0, self.denoiser_epochs, self.alternate_every)
 
 
