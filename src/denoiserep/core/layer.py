@@ -80,6 +80,17 @@ class DenoiseLayer(nn.Module):
         """k_t: how strongly the predicted noise is removed at this layer's timestep."""
         return self._k
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's (unfused) weight, for code that reads ``layer.weight.dtype`` or its
+        shape (e.g. transformers' ViT casts its input to the patch projection's dtype)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (fusion leaves it unchanged)."""
+        return self.base_layer.bias
+
     # -- the denoising step ---------------------------------------------------------------------
     @property
     def channel_dim(self) -> int:

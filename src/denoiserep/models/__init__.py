@@ -1,0 +1,24 @@
+"""Model creation (timm, torchvision ``tv:``, Hugging Face ``hf:``), weights and preprocessing."""
+
+from .factory import (
+    OFFLINE_ROUTE,
+    PretrainedWeightsUnavailable,
+    create_model,
+    num_parameters,
+    tv_weights,
+)
+from .preprocess import preprocessing
+from .weights import head_prefixes, load_checkpoint, load_state, read_checkpoint
+
+__all__ = [
+    "OFFLINE_ROUTE",
+    "PretrainedWeightsUnavailable",
+    "create_model",
+    "head_prefixes",
+    "load_checkpoint",
+    "load_state",
+    "num_parameters",
+    "preprocessing",
+    "read_checkpoint",
+    "tv_weights",
+]

@@ -1,38 +1,204 @@
-"""Create models by name: timm names as they are, torchvision ones as ``tv:<name>``."""
+"""Create models by name, randomly initialised or from pretrained weights.
+
+Names: timm names as they are (``resnet50``, or with a pretrained tag as timm takes it,
+``vit_base_patch16_224.augreg2_in21k_ft_in1k``), torchvision ones as ``tv:<name>`` and Hugging
+Face ones as ``hf:<hub id or local directory>`` (``transformers`` is the optional extra ``hf``).
+
+Weights come from the libraries' own caches and hubs (``pretrained``), so a model downloaded once
+loads offline afterwards, or from a local file (``checkpoint``): ``.safetensors``, ``.pth`` /
+``.pt`` or ``.bin``, a raw state dict or one nested under ``state_dict`` / ``model``, with DDP /
+``torch.compile`` prefixes stripped and timm's own checkpoint filter applied where a model needs
+it (e.g. ViT position embeddings at another image size). A classifier head whose class count
+differs is re-initialised and one line says so; any other missing, unexpected or mis-shaped key
+is an error that lists the first few.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import timm
 import torchvision
 from torch import nn
 
+from .weights import _as_tuple, load_checkpoint, load_state, short_cause
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """A randomly initialised model, with keyword overrides passed straight through.
+log = logging.getLogger("denoiserep.models")
 
-    ``create_model("vit_tiny_patch16_224", img_size=28, in_chans=1, num_classes=10)`` builds
-    a timm model; ``create_model("tv:resnet18", num_classes=10)`` a torchvision one. VMamba
+#: What a failed download suggests instead (one line, ends every offline error).
+OFFLINE_ROUTE = (
+    "without network the weights must already be in the library's cache, "
+    "or set model.checkpoint to a local weights file (.safetensors, .pth/.pt, .bin)"
+)
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Pretrained weights could neither be downloaded nor found in the library's cache."""
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str = False,
+    checkpoint: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A model by name, randomly initialised or with pretrained weights; ``kwargs`` go to it.
+
+    ``create_model("vit_tiny_patch16_224", img_size=28, in_chans=1, num_classes=10)`` builds a
+    timm model; ``create_model("tv:resnet18", num_classes=10)`` a torchvision one;
+    ``create_model("hf:google/vit-base-patch16-224", num_classes=10)`` a Hugging Face image
+    classifier (``num_classes`` / ``in_chans`` / ``img_size`` map to ``num_labels`` /
+    ``num_channels`` / ``image_size``; other keywords must be attributes of its config). VMamba
     configs (``vmamba_micro`` ... ``vmamba_base``) are registered with timm by this package.
+
+    ``pretrained``: ``True`` loads the default weights (timm's default tag or the one in the
+    name; torchvision's ``DEFAULT`` weights enum; the Hugging Face hub id or local directory),
+    a string names them (a timm tag, a torchvision enum name such as ``"IMAGENET1K_V2"``).
+    ``checkpoint``: a local weights file loaded instead of any download (with ``pretrained``
+    set too, the named weights still choose the preprocessing, see
+    :func:`denoiserep.models.preprocessing`).
     """
+    if name.startswith("hf:"):
+        from .hf import create_hf_classifier
+
+        if isinstance(pretrained, str):
+            raise ValueError(f"{name}: pretrained is true or false, got {pretrained!r}")
+        return create_hf_classifier(name[3:], pretrained, kwargs, checkpoint)
     if name.startswith("tv:"):
-        tv_name = name[3:]
-        in_chans = kwargs.pop("in_chans", 3)
-        if in_chans != 3:
-            raise ValueError(f"torchvision model {tv_name} takes 3 input channels, got {in_chans}")
-        kwargs.pop("img_size", None)
-        try:
-            return torchvision.models.get_model(tv_name, weights=None, **kwargs)
-        except ValueError as e:
-            raise ValueError(f"unknown torchvision model {tv_name!r}: {e}") from None
-    if name.startswith("vmamba"):
-        from . import vmamba  # noqa: F401  (registers the VMamba configs with timm)
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown model {name!r}; similar timm names: {', '.join(close) or '-'}")
-    return timm.create_model(name, pretrained=False, **kwargs)
+        model = _create_torchvision(name, pretrained, checkpoint is None, kwargs)
+    else:
+        model = _create_timm(name, pretrained, checkpoint is None, kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, name=name)
+    return model
 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# -- timm ---------------------------------------------------------------------------------------
+def _create_timm(
+    name: str, pretrained: bool | str, download: bool, kwargs: dict[str, Any]
+) -> nn.Module:
+    if isinstance(pretrained, str):  # a pretrained tag, as in timm's "name.tag"
+        if "." in name:
+            raise ValueError(f"{name} already names a pretrained tag; pretrained={pretrained!r}")
+        name, pretrained = f"{name}.{pretrained}", True
+    if name.startswith("vmamba"):
+        from . import vmamba  # noqa: F401  (registers the VMamba configs with timm)
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown model {name!r}; similar timm names: {', '.join(close) or '-'}")
+    if tag:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        if tag not in tags:
+            raise ValueError(
+                f"timm has no pretrained tag {tag!r} for {arch}; tags: {', '.join(tags) or '-'}"
+            )
+    try:
+        model = timm.create_model(name, pretrained=bool(pretrained) and download, **kwargs)
+    except _DOWNLOAD_ERRORS as e:
+        raise _unavailable(name, e) from None
+    if pretrained and download:
+        cfg = model.pretrained_cfg
+        n_model, n_weights = getattr(model, "num_classes", 0), cfg.get("num_classes", 0)
+        if cfg.get("classifier") and n_model and n_weights and n_model != n_weights:
+            keys = ", ".join(
+                f"{h}.{p}" for h in _as_tuple(cfg["classifier"]) for p in ("weight", "bias")
+            )
+            log.warning(
+                f"{name}: classifier head ({keys}) re-initialised for {n_model} classes "
+                f"(the pretrained weights have {n_weights})"
+            )
+    return model
+
+
+# -- torchvision --------------------------------------------------------------------------------
+def tv_weights(tv_name: str, pretrained: bool | str = True) -> Any:
+    """The torchvision weights enum member for ``pretrained`` (True: ``DEFAULT``; a string:
+    ``"IMAGENET1K_V2"`` or ``"ResNet50_Weights.IMAGENET1K_V2"``), or None without weights."""
+    try:
+        enum = torchvision.models.get_model_weights(tv_name)
+    except ValueError:
+        if pretrained:
+            raise ValueError(f"torchvision model {tv_name!r} has no pretrained weights") from None
+        return None
+    if not pretrained:
+        return None
+    key = "DEFAULT" if pretrained is True else str(pretrained).split(".")[-1]
+    try:
+        return enum[key]
+    except KeyError:
+        names = ", ".join(w.name for w in enum)
+        raise ValueError(
+            f"torchvision {tv_name} has no weights {pretrained!r}; choose one of {names}"
+        ) from None
+
+
+def _create_torchvision(
+    name: str, pretrained: bool | str, download: bool, kwargs: dict[str, Any]
+) -> nn.Module:
+    tv_name = name[3:]
+    in_chans = kwargs.pop("in_chans", 3)
+    if in_chans != 3:
+        raise ValueError(f"torchvision model {tv_name} takes 3 input channels, got {in_chans}")
+    kwargs.pop("img_size", None)
+    if tv_name not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision model {tv_name!r}")
+    weights = tv_weights(tv_name, pretrained)
+    try:
+        if weights is None or not download:
+            model = torchvision.models.get_model(tv_name, weights=None, **kwargs)
+        else:
+            n_weights = len(weights.meta.get("categories") or [])
+            n_model = kwargs.get("num_classes", n_weights)
+            if n_model == n_weights:
+                model = torchvision.models.get_model(tv_name, weights=weights, **kwargs)
+            else:  # torchvision refuses another class count with weights: load, then re-head
+                source = torchvision.models.get_model(
+                    tv_name,
+                    weights=weights,
+                    **{k: v for k, v in kwargs.items() if k != "num_classes"},
+                )
+                model = torchvision.models.get_model(tv_name, weights=None, **kwargs)
+                load_state(model, source.state_dict(), source=str(weights), name=name)
+    except _DOWNLOAD_ERRORS as e:
+        raise _unavailable(f"{name} ({weights})", e) from None
+    # preprocessing follows these weights (or the default ones when trained from scratch)
+    if weights is None and _has_weights(tv_name):
+        weights = tv_weights(tv_name, True)
+    model._denoiserep_weights = str(weights) if weights is not None else None
+    return model
+
+
+def _has_weights(tv_name: str) -> bool:
+    try:
+        torchvision.models.get_model_weights(tv_name)
+    except ValueError:
+        return False
+    return True
+
+
+# -- loading weights ----------------------------------------------------------------------------
+def _download_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError]  # URLError, hub errors, connection errors
+    try:
+        import httpx
+
+        errors.append(httpx.HTTPError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+_DOWNLOAD_ERRORS = _download_errors()
+
+
+def _unavailable(what: str, error: BaseException) -> PretrainedWeightsUnavailable:
+    return PretrainedWeightsUnavailable(
+        f"cannot get the pretrained weights of {what} ({short_cause(error)}); " + OFFLINE_ROUTE
+    )

@@ -1,0 +1,255 @@
+"""Reading weights files and loading them into a model with a one-line account of mismatches.
+
+A checkpoint may be ``.safetensors``, ``.pth`` / ``.pt`` or ``.bin``, a raw state dict or one
+nested under ``state_dict`` / ``model``; DDP / ``torch.compile`` prefixes are stripped. A
+classifier head whose class count differs is re-initialised (one logged line); any other
+missing, unexpected or mis-shaped key is an error listing the first few.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("denoiserep.models")
+HEAD_NAMES = ("fc", "classifier", "heads", "head", "head_dist")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file: ``.safetensors``, or a ``torch.save`` file (``.pth``,
+    ``.pt``, ``.bin``) holding a state dict, possibly nested under ``state_dict`` or ``model``;
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - one line naming the file
+        raise ValueError(f"cannot read {path} as a weights file ({short_cause(e)})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        kind = type(state).__name__
+        raise ValueError(
+            f"{path}: expected a state dict (names -> tensors), raw or under 'state_dict' / "
+            f"'model', got a {kind}"
+            + (
+                f" with keys {', '.join(list(map(str, state))[:5])}"
+                if isinstance(state, Mapping)
+                else ""
+            )
+        )
+    return {_strip_wrappers(k): v for k, v in state.items()}
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    heads: tuple[str, ...] | None = None,
+) -> nn.Module:
+    """Load the weights file ``path`` into ``model`` (see :func:`load_state`)."""
+    state = read_checkpoint(path)
+    return load_state(model, state, source=f"checkpoint {path}", name=name, heads=heads)
+
+
+def load_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    name: str | None = None,
+    heads: tuple[str, ...] | None = None,
+) -> nn.Module:
+    """Load ``state`` into ``model``: every key must match but the classifier head's.
+
+    Keys under the head (:func:`head_prefixes`) that are missing, unexpected or of another
+    shape leave the model's fresh head in place, and one line is logged. timm models whose
+    weights do not fit as they are go through timm's checkpoint filter (position-embedding
+    resampling, original-format conversion) first, and a 3-channel stem is adapted to the
+    model's input channels as timm does. Anything else that does not fit is a ValueError
+    naming the first few keys. ``heads`` overrides the head's module names.
+    """
+    from .hf import HFImageClassifier, load_hf_state
+
+    if isinstance(model, HFImageClassifier) or _is_transformers_model(model):
+        return load_hf_state(model, state, source, name or type(model).__name__)
+    target, state = model, dict(state)
+    expected = target.state_dict()
+    heads = tuple(heads) if heads is not None else head_prefixes(target)
+    state = _adapt_input_conv(target, state, expected)
+    problems = _compare(expected, state, heads)
+    filter_fn = timm_filter_fn(target)
+    if problems.other and filter_fn is not None:
+        try:
+            try:
+                filtered = filter_fn(dict(state), target)
+            except TypeError:  # filters of older models take the state dict only
+                filtered = filter_fn(dict(state))
+        except Exception:  # noqa: BLE001 - the unfiltered mismatch is the error to report
+            filtered = None
+        if filtered is not None:
+            filtered = _adapt_input_conv(target, dict(filtered), expected)
+            refiltered = _compare(expected, filtered, heads)
+            if refiltered.count < problems.count:
+                state, problems = filtered, refiltered
+    arch = name or type(model).__name__
+    if problems.other:
+        raise ValueError(f"{source} does not match {arch}: {problems.describe(state, expected)}")
+    keep = {k: v for k, v in state.items() if k in expected and k not in problems.head}
+    result = target.load_state_dict(keep, strict=False)
+    left = [k for k in result.missing_keys if k not in problems.head and not _optional(k)]
+    if left or result.unexpected_keys:  # cannot happen after _compare; guard the contract
+        raise ValueError(f"{source} does not match {arch}: missing {', '.join(left[:3])}")
+    if problems.head:
+        log.warning(f"{arch}: {problems.head_line(state, expected, source)}")
+    return model
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    return any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Module names of ``model``'s classifier head: timm's ``pretrained_cfg['classifier']``,
+    else top-level ``fc`` / ``classifier`` / ``heads`` / ``head`` (torchvision, Hugging Face)."""
+    declared = getattr(model, "head_names", None)  # this package's wrappers declare theirs
+    if declared is not None:
+        return tuple(declared)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping) and cfg.get("classifier"):
+        return _as_tuple(cfg["classifier"])
+    names = dict(model.named_children())
+    return tuple(n for n in HEAD_NAMES if n in names)
+
+
+class _Problems:
+    """Missing / unexpected / mis-shaped keys, split into the head's and the others."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], shape: list[str], heads):
+        def is_head(k: str) -> bool:
+            return any(k == h or k.startswith(h + ".") for h in heads)
+
+        self.missing = [k for k in missing if not is_head(k)]
+        self.unexpected = [k for k in unexpected if not is_head(k)]
+        self.shape = [k for k in shape if not is_head(k)]
+        self.head = [k for k in (*missing, *unexpected, *shape) if is_head(k)]
+        self.head_kinds = (
+            any(is_head(k) for k in missing),
+            any(is_head(k) for k in unexpected),
+            any(is_head(k) for k in shape),
+        )
+        self.other = bool(self.missing or self.unexpected or self.shape)
+        self.count = len(self.missing) + len(self.unexpected) + len(self.shape)
+
+    def describe(self, state: Mapping, expected: Mapping) -> str:
+        parts = []
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if keys:
+                more = ", ..." if len(keys) > 3 else ""
+                parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{more})")
+        if self.shape:
+            shown = ", ".join(
+                f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                for k in self.shape[:3]
+            )
+            more = ", ..." if len(self.shape) > 3 else ""
+            parts.append(f"{len(self.shape)} mis-shaped (checkpoint vs model: {shown}{more})")
+        return ", ".join(parts)
+
+    def head_line(self, state: Mapping, expected: Mapping, source: str) -> str:
+        keys = ", ".join(self.head[:4]) + (", ..." if len(self.head) > 4 else "")
+        missing, unexpected, shape = self.head_kinds
+        if shape:
+            # the class count: the smallest leading dim (box regressors have 4 per class)
+            shaped = [k for k in self.head if k in state and k in expected]
+            k = min(shaped, key=lambda k: (expected[k].shape[0], k))
+            n_src, n_model = state[k].shape[0], expected[k].shape[0]
+            return (
+                f"classifier head ({keys}) re-initialised for {n_model} classes "
+                f"({source} has {n_src})"
+            )
+        if unexpected and not missing:
+            return f"head ({keys}) of {source} not used: the model has no such head"
+        if missing and not unexpected:
+            return f"head ({keys}) not in {source}: kept freshly initialised"
+        return f"head ({keys}) differs in {source}: the model's fresh head is kept"
+
+
+def _compare(expected: Mapping, state: Mapping, heads: tuple[str, ...]) -> _Problems:
+    missing = [k for k in expected if k not in state and not _optional(k)]
+    unexpected = [k for k in state if k not in expected]
+    shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    return _Problems(missing, unexpected, shape, heads)
+
+
+def _adapt_input_conv(target: nn.Module, state: dict, expected: Mapping) -> dict:
+    """timm's input-stem adaptation: 3-channel weights summed / repeated for ``in_chans``."""
+    cfg = getattr(target, "pretrained_cfg", None)
+    if not isinstance(cfg, Mapping) or not cfg.get("first_conv"):
+        return state
+    from timm.models import adapt_input_conv
+
+    for conv in _as_tuple(cfg["first_conv"]):
+        key = f"{conv}.weight"
+        w, want = state.get(key), expected.get(key)
+        if w is None or want is None or w.ndim != 4 or w.shape == want.shape:
+            continue
+        if w.shape[0] == want.shape[0] and w.shape[2:] == want.shape[2:]:
+            state[key] = adapt_input_conv(want.shape[1], w)
+            log.info(f"{key}: adapted from {w.shape[1]} to {want.shape[1]} input channel(s)")
+    return state
+
+
+def _optional(key: str) -> bool:
+    return key.endswith("num_batches_tracked")  # absent from old BatchNorm checkpoints
+
+
+def _strip_wrappers(key: str) -> str:
+    while key.startswith(_WRAPPER_PREFIXES):
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+    return key
+
+
+def _as_tuple(value: str | tuple | list) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+# -- download errors ----------------------------------------------------------------------------
+
+
+def timm_filter_fn(model: nn.Module) -> Callable | None:
+    """timm's checkpoint filter for ``model``: its module's ``checkpoint_filter_fn`` (timm passes
+    it to ``build_model_with_cfg`` when loading pretrained weights), or None."""
+    module = sys.modules.get(type(model).__module__)
+    if module is None or not type(model).__module__.startswith("timm."):
+        return None
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def short_cause(error: BaseException, limit: int = 120) -> str:
+    """``Type: first sentence`` of an exception, on one line, at most about ``limit`` chars."""
+    text = " ".join(str(error).split())
+    sentence = text.split(". ")[0]
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
