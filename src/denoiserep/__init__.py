@@ -22,6 +22,12 @@ from .core.convert import (
     train_frozen_backbone,
     unwrap,
 )
+from .core.diagnostics import (
+    change_from_baseline,
+    denoising_strength,
+    explicit_denoising,
+    fused_vs_unfused,
+)
 from .core.fusion import apply_channel_map, fuse_weight, reverse_step_matrix
 from .core.io import load_converted, save_converted
 from .core.layer import DenoiseLayer
@@ -34,15 +40,19 @@ __all__ = [
     "DenoiseLayer",
     "NoiseSchedule",
     "apply_channel_map",
+    "change_from_baseline",
     "config_of",
     "convert",
     "cosine_schedule",
     "denoise_layers",
     "denoise_loss",
     "denoise_losses",
+    "denoising_strength",
     "denoiser_parameters",
+    "explicit_denoising",
     "fuse",
     "fuse_weight",
+    "fused_vs_unfused",
     "get_phase",
     "is_converted",
     "linear_schedule",

@@ -2,7 +2,8 @@
 
 Each pipeline is a module exposing ``Config`` (a dataclass), ``run(cfg, overwrite, progress)``
 returning a report dict, ``summarize(report) -> str`` and ``DEFAULT_CONFIG`` (a file name in
-``denoiserep/configs`` or None). Config files are YAML; ``key.sub=value`` arguments override.
+``denoiserep/configs`` or None). Config files are YAML; ``key.sub=value`` arguments override,
+anywhere on the command line. Errors are one line (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import importlib
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
+from .core.config import yaml_error_line
 from .engine.config import apply_overrides, from_dict
 
 COMMANDS = {
@@ -32,7 +35,13 @@ COMMANDS = {
     "segment": ("denoiserep.dense.segmentation", "segmentation (FCN/DeepLabV3) with DenoiseRep"),
     "bench": ("denoiserep.bench.run", "inference/training cost of fused vs baseline models"),
 }
+# commands that read a finished or interrupted run folder instead of running a config
+FOLDER_COMMANDS = {
+    "report": "rebuild results.md and the plots of a run folder from its results.json",
+}
 DEMO_CONFIG = "digits_demo.yaml"
+# exception types whose message alone does not say what went wrong
+_NAMED = (KeyError, IndexError, AttributeError, TypeError, AssertionError, NotImplementedError)
 
 
 def packaged_config(name: str) -> Path:
@@ -40,27 +49,44 @@ def packaged_config(name: str) -> Path:
     return Path(str(resources.files("denoiserep") / "configs" / name))
 
 
+def read_config_file(path: str | Path) -> dict:
+    """The mapping in a YAML config file; a missing, unreadable or malformed file is one line
+    naming it (and the line of a YAML error)."""
+    path = Path(path)
+    if not path.is_file() and packaged_config(path.name).is_file() and path.name == str(path):
+        path = packaged_config(path.name)  # `--config fashion_vit.yaml`: a shipped config
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path}: {yaml_error_line(e)}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} cannot be read ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: a config must be a YAML mapping of keys")
+    return data
+
+
 def load_task_config(cls: type, path: str | Path | None, overrides: list[str], output: str | None):
     """Defaults <- YAML file <- ``key=value`` overrides <- ``--output``."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file() and packaged_config(path.name).is_file() and path.name == str(path):
-            path = packaged_config(path.name)  # `--config fashion_vit.yaml`: a shipped config
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a YAML mapping")
+    data = read_config_file(path) if path is not None else {}
     apply_overrides(data, overrides)
     if output:
         data["output"] = output
     return from_dict(cls, data)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="denoiserep", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="denoiserep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name != "demo":
@@ -69,20 +95,99 @@ def build_parser() -> argparse.ArgumentParser:
             "overrides",
             nargs="*",
             metavar="key.sub=value",
-            help="config overrides, e.g. finetune.epochs=5 seeds=[0,1,2]",
+            help="config overrides, anywhere on the line, e.g. finetune.epochs=5 seeds=[0,1,2]",
         )
         p.add_argument("--output", help="output folder (overrides the config's `output`)")
         p.add_argument(
             "--overwrite",
             action="store_true",
-            help="replace an output folder that holds a different run",
+            help="replace an output folder that holds a different run (once the new run starts)",
         )
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    for name, help_text in FOLDER_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output folder")
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may come before, between or after
+    options. Anything else unrecognised is a one-line usage error."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in FOLDER_COMMANDS:
+        if extra:
+            parser.error(f"{args.command}: unrecognized arguments {' '.join(extra)}")
+        return args
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        options = [a for a in unknown if a.startswith("-")]
+        what = (
+            f"unrecognized option {options[0]}"
+            if options
+            else f"{unknown[0]!r} is neither an option nor a key.sub=value override"
+        )
+        parser.error(f"{args.command}: {what}")
+    args.overrides = list(args.overrides) + extra
+    return args
+
+
+def worker_error_message(message: str) -> str:
+    """The original error of an exception a DataLoader worker process re-raised.
+
+    Torch re-raises it in the main process as "Caught ValueError in DataLoader worker
+    process 0." followed by the worker's whole traceback; the last line of that traceback
+    (without its exception type) is what the user needs.
+    """
+    lines = message.splitlines()
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.lstrip().startswith(("Traceback", "Original Traceback"))
+    ]
+    if not starts:
+        return lines[0] if lines else message
+    for line in lines[starts[-1] + 1 :]:
+        if line and not line.startswith((" ", "\t")):
+            kind, sep, text = line.partition(": ")
+            if sep and kind.replace(".", "").replace("_", "").isalnum():
+                return text.strip()
+            return line.strip()
+    return lines[0]
+
+
+def error_line(e: BaseException) -> str:
+    """Any exception as one line: its message's first line (a worker's original error)."""
+    message = str(e).strip()
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        message = e.args[0]  # not its repr
+    if "in DataLoader worker process" in message:
+        message = worker_error_message(message)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0] + (" (--debug shows the rest)" if len(lines) > 1 else "")
+    return f"{type(e).__name__}: {text}" if isinstance(e, _NAMED) else text
+
+
+def rebuild_command(args: argparse.Namespace) -> int:
+    """``denoiserep report RUN_DIR``: rewrite the run's tables and plots, print its table."""
+    from .engine.rebuild import WRITERS, rebuild_report
+
+    report = rebuild_report(args.run_dir)
+    module = importlib.import_module(WRITERS[report["task"]])
+    print(module.summarize(report))
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
+    from .engine import dist
+    from .engine.runs import run_scope
+
+    if args.command in FOLDER_COMMANDS:
+        return rebuild_command(args)
     module = importlib.import_module(COMMANDS[args.command][0])
     config = getattr(args, "config", None)
     if args.command == "demo":
@@ -90,16 +195,15 @@ def run_command(args: argparse.Namespace) -> int:
     elif config is None and getattr(module, "DEFAULT_CONFIG", None):
         config = packaged_config(module.DEFAULT_CONFIG)
     cfg = load_task_config(module.Config, config, list(args.overrides), args.output)
-    report = module.run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
-    from .engine import dist
-
+    with run_scope():  # a run that fails before it started gives its folder back as it was
+        report = module.run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     if dist.is_main():
         print(module.summarize(report))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return run_command(args)
     except KeyboardInterrupt:
@@ -111,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one clear line unless --debug
         if args.debug:
             raise
-        print(f"denoiserep {args.command}: error: {e}", file=sys.stderr)
+        print(f"denoiserep {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -17,7 +17,7 @@ experiment:
   model: {name: vit_tiny_patch16_224,
           kwargs: {img_size: 8, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}}
   baseline: {epochs: 1}
-  finetune: {epochs: 1, phases: denoiser}
+  finetune: {epochs: 1, phases: denoiser, denoiser_epochs: 0}
   seeds: [0, 1]
 variants:
   label_free: {}

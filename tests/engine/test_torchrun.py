@@ -80,10 +80,11 @@ def test_two_process_training_matches_single_process(tmp_path):
     )
     # only rank 0 wrote: one set of reports, one TensorBoard event file per arm
     assert len(list((tmp_path / "two" / "seed0" / "control" / "tb").glob("events*"))) == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name[0] != ".") == [
         "config.yaml",
         "curves.png",
         "results.json",
         "results.md",
         "seed0",
+        "spectrum_denoiserep.png",
     ]

@@ -9,24 +9,21 @@ per-layer denoising strength.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import stats
-from torch import nn
-from torch.utils.data import DataLoader
 
 import denoiserep as dr
-from denoiserep.engine import dist
+from denoiserep.engine.arms import Variant
 from denoiserep.engine.config import from_dict, to_dict
-from denoiserep.engine.runs import prepare_run_folder
+from denoiserep.engine.report import robustness_section, status_line, write_figures, write_json
 from denoiserep.engine.trainer import TrainConfig
 
-from .protocol import ClassifyConfig, Experiment, denoising_strength
+from .protocol import ClassifyConfig, run_arms_for
 
 
 @dataclass
@@ -42,18 +39,12 @@ class AblationConfig:
         if not self.variants:
             raise ValueError("variants must name at least one DenoiseRep variant")
         for name, v in self.variants.items():
-            bad = set(v) - {"denoise", "finetune"}
+            bad = set(v) - {"denoise", "finetune", "train_corruption"}
             if bad:
                 raise ValueError(
-                    f"variant {name}: unknown section(s) {sorted(bad)}; valid: denoise, finetune"
+                    f"variant {name}: unknown section(s) {sorted(bad)}; "
+                    "valid: denoise, finetune, train_corruption"
                 )
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, exp: Experiment) -> torch.Tensor:
-    model.eval()
-    loader = DataLoader(exp.test_set, batch_size=exp.cfg.data.eval_batch_size)
-    return torch.cat([model(x.to(exp.device)).argmax(-1).cpu() for x, _ in loader])
 
 
 def variant_configs(cfg: AblationConfig, name: str) -> tuple[dr.DenoiseConfig, TrainConfig]:
@@ -92,44 +83,88 @@ def compare(values: dict[str, list[float]], reference: str = "control") -> dict[
     return out
 
 
+def ablation_table(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """acc@1 per arm with the paired comparison to the control, from the seeds that have both."""
+    per_seed = report["per_seed"]
+    arms = [a for a in report["arms"] if all(a in r for r in per_seed.values())]
+    if "control" not in arms:
+        return {}
+    table = compare({a: [r[a]["acc1"] for r in per_seed.values()] for a in arms})
+    for arm in arms:
+        for key, name in (("changed_pct", "changed_pct"), ("mean_strength", "strength")):
+            values = [r[arm][key] for r in per_seed.values() if key in r[arm]]
+            if values and arm not in ("baseline", "control"):
+                table[arm][name] = float(np.mean(values))
+    return table
+
+
+ROBUST_KEYS = ("mCA", "mFA")
+
+
+def robustness_comparison(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Paired comparison to the control of every robustness number: mCA, mean feature-noise
+    accuracy (mFA), each corruption family (mean over severities) and each noise level."""
+    per_seed = report["per_seed"]
+    arms = [a for a in report["arms"] if all(a in r for r in per_seed.values())]
+    if "control" not in arms or not per_seed:
+        return {}
+    first = next(iter(per_seed.values()))["control"]
+    keys = [k for k in first if k in ROBUST_KEYS or k.endswith("_mean")]
+    keys += [k for k in first if k.startswith("feature_noise_")]
+    return {key: compare({a: [r[a][key] for r in per_seed.values()] for a in arms}) for key in keys}
+
+
+def robustness_comparison_rows(report: dict[str, Any]) -> list[str]:
+    """Markdown: per robustness number, each arm's paired difference to the control and p."""
+    table = report.get("robust_paired") or {}
+    if not table:
+        return []
+    arms = list(next(iter(table.values())))
+    lines = [
+        "",
+        "Robustness, paired difference to the control (points, mean over seeds; p of a paired "
+        "t-test; * = beats the control at p < 0.05):",
+        "",
+        "| measure | " + " | ".join(arms) + " |",
+        "| --- |" + " --- |" * len(arms),
+    ]
+    for key, rows in table.items():
+        cells = []
+        for arm in arms:
+            r = rows[arm]
+            p = "" if r["p_value"] is None else f" (p {r['p_value']:.2f})"
+            cells.append(f"{r['diff_mean']:+.2f}{p}{' *' if r['beats_control'] else ''}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    """results.json (with the ``acc1`` comparison), results.md and ablation.png."""
+    report["acc1"] = ablation_table(report)
+    report["robust_paired"] = robustness_comparison(report)
+    write_json(report, out)
+    (out / "results.md").write_text(summarize(report))
+    if report["acc1"]:
+        plot(report, out / "ablation.png")
+    write_figures(report, out, "acc1")
+
+
 def run(cfg: AblationConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train baseline + control once per seed, then every variant; write the reports."""
-    exp = Experiment(cfg.experiment, progress)
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
-    acc: dict[str, list[float]] = {"baseline": [], "control": []}
-    extra: dict[str, dict[str, list[float]]] = {}
-    for seed in cfg.experiment.seeds:
-        seed_dir = out / f"seed{seed}"
-        baseline, _ = exp.baseline(seed, seed_dir / "baseline")
-        base_pred = predictions(baseline, exp)
-        control, _ = exp.control(baseline, seed, seed_dir / "control")
-        acc["baseline"].append(exp.evaluate(baseline)["acc1"])
-        acc["control"].append(exp.evaluate(control)["acc1"])
-        for name in cfg.variants:
-            denoise, finetune = variant_configs(cfg, name)
-            model, fused, _ = exp.denoiserep(
-                baseline, seed, seed_dir / name, denoise, finetune, tag=name
-            )
-            acc.setdefault(name, []).append(exp.evaluate(fused)["acc1"])
-            changed = (predictions(fused, exp) != base_pred).float().mean().item() * 100
-            strength = np.mean([r["strength"] for r in denoising_strength(model)])
-            row = extra.setdefault(name, {"changed_pct": [], "strength": []})
-            row["changed_pct"].append(changed)
-            row["strength"].append(float(strength))
-    table = compare(acc)
-    for name, row in extra.items():
-        table[name].update({k: float(np.mean(v)) for k, v in row.items()})
-    report = {"config": to_dict(cfg), "device": str(exp.device), "acc1": table}
-    if dist.is_main():
-        (Path(out) / "results.json").write_text(json.dumps(report, indent=2))
-        (Path(out) / "results.md").write_text(summarize(report))
-        plot(report, Path(out) / "ablation.png")
+    variants = [
+        Variant(name, *variant_configs(cfg, name), cfg.variants[name].get("train_corruption"))
+        for name in cfg.variants
+    ]
+    exp = dataclasses.replace(cfg.experiment, arms=["control"], output=cfg.output)
+    report, _ = run_arms_for(exp, overwrite, progress, cfg, write_reports, variants, "ablate")
+    report["acc1"] = ablation_table(report)
+    report["robust_paired"] = robustness_comparison(report)
     return report
 
 
 def summarize(report: dict[str, Any]) -> str:
     """Markdown: accuracy, paired difference to control, p-value, changed predictions."""
-    seeds = len(report["config"]["experiment"]["seeds"])
+    seeds = len(report["per_seed"])
     lines = [
         f"acc@1 (%) over {seeds} seeds; diff = paired difference to the control arm (same seed).",
         "",
@@ -146,6 +181,9 @@ def summarize(report: dict[str, Any]) -> str:
             f"{r['diff_std']:.2f} | {p} | {'yes' if r['beats_control'] else 'no'} | {changed} | "
             f"{strength} |"
         )
+    if report.get("partial"):
+        lines += ["", status_line(report)]
+    lines += robustness_section(report, "acc1") + robustness_comparison_rows(report)
     return "\n".join(lines) + "\n"
 
 

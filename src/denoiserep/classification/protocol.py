@@ -1,40 +1,44 @@
-"""The paper's classification protocol with a control arm.
+"""``denoiserep classify`` / ``demo``: the paper's classification protocol with a control arm.
 
-1. train (or load) a baseline; 2. fine-tune a converted copy with DenoiseRep under a phase
-schedule; 3. fuse and evaluate the plain fused model; 4. CONTROL: fine-tune another copy of
-the baseline for the same epochs with the same optimizer, data order and augmentation,
-without DenoiseRep. Repeated over seeds; reports mean and std.
+The arms (baseline, control, DenoiseRep) and seeds run in :mod:`denoiserep.engine.arms`;
+this module supplies the data, the model and the evaluation.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import denoiserep as dr
-from denoiserep.bench.latency import measure_latency
-from denoiserep.engine import dist
+from denoiserep.data.augment import image_transforms
+from denoiserep.data.images import ListImageDataset
+from denoiserep.engine.arms import ArmsConfig, ArmsTask, Variant, start_run
 from denoiserep.engine.config import to_dict
-from denoiserep.engine.report import ARMS, aggregate_seeds
-from denoiserep.engine.runs import prepare_run_folder
-from denoiserep.engine.trainer import TrainConfig, fit
-from denoiserep.models.factory import create_model, num_parameters
+from denoiserep.engine.dist import resolve_device
+from denoiserep.models import preprocessing
+from denoiserep.models.factory import create_model
 
 from .datasets import ArrayImageDataset, build_classification_data
-from .task import ClassificationTask, evaluate
+from .task import ClassificationTask, evaluate, predict
+
+TASK = "classify"
 
 
 @dataclass
 class DataConfig:
-    """Dataset by name (see ``build_classification_data``), reader options, augmentation."""
+    """Dataset by name (see ``build_classification_data``), reader options, augmentation.
+
+    In-memory datasets (digits, Fashion-MNIST, CIFAR) keep their native size and train with
+    the batch-level ``pad`` / ``flip``. Folder datasets (ImageNet layout, CUB, Pet, Flowers)
+    follow the model's pretrained preprocessing (input size, mean / std, interpolation):
+    RandomResizedCrop (``random_resized_crop`` scale range) + flip for training, resize and
+    centre crop for evaluation; ``input_size`` overrides the model's. ``workers``: evaluation
+    loader processes (training ones: ``baseline.workers`` / ``finetune.workers``).
+    """
 
     name: str = "digits"
     root: str | None = None
@@ -42,42 +46,56 @@ class DataConfig:
     pad: int = 0
     flip: bool = False
     eval_batch_size: int = 256
+    input_size: int | None = None
+    random_resized_crop: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.random_resized_crop
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"random_resized_crop is a scale range in (0, 1], got {[lo, hi]}")
 
 
 @dataclass
 class ModelConfig:
-    """A timm model name (or ``tv:<torchvision name>``) and its keyword overrides."""
+    """A timm model name (or ``tv:<name>``, ``hf:<id>``), weights and keyword overrides.
+
+    ``pretrained``: ``true`` for the library's default weights, or a torchvision weights name
+    (``IMAGENET1K_V2``); ``checkpoint``: a local weights file (the offline route).
+    """
 
     name: str = "vit_tiny_patch16_224"
+    pretrained: bool | str = False
+    checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class ClassifyConfig:
-    """Everything one ``denoiserep classify`` run does."""
+class ClassifyConfig(ArmsConfig):
+    """Everything one ``denoiserep classify`` run does (arms and training: ``ArmsConfig``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    baseline: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(
-        default_factory=lambda: TrainConfig(phases="alternating", denoiser_epochs=1)
-    )
-    denoise: dr.DenoiseConfig = field(default_factory=dr.DenoiseConfig)
     label_smoothing: float = 0.1
-    seeds: list[int] = field(default_factory=lambda: [0])
-    arms: list[str] = field(default_factory=lambda: ["control", "denoiserep"])
-    baseline_weights: str | None = None
     output: str = "runs/classify"
-    device: str = "auto"
 
-    def __post_init__(self) -> None:
-        bad = [a for a in self.arms if a not in ARMS[1:]]
-        if bad:
-            raise ValueError(f"arms must be among {ARMS[1:]}, got {bad}")
-        if "denoiserep" in self.arms and self.finetune.phases == "none":
-            raise ValueError("finetune.phases must name a DenoiseRep schedule, not 'none'")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
+
+def follow_model(data: Any, model: nn.Module, cfg: DataConfig) -> dict[str, Any]:
+    """Give folder datasets the model's preprocessing; return what was used."""
+    pre = dict(preprocessing(model))
+    if cfg.input_size:
+        pre["input_size"] = cfg.input_size
+    size = pre["input_size"]
+    size = size[-1] if isinstance(size, list | tuple) else size
+    data.train.transform, data.test.transform = image_transforms(
+        size,
+        pre["mean"],
+        pre["std"],
+        pre.get("interpolation", "bilinear"),
+        pre.get("crop_pct", 0.875),
+        tuple(cfg.random_resized_crop),
+    )
+    return pre
 
 
 def materialize(dataset: Dataset) -> Dataset:
@@ -88,171 +106,97 @@ def materialize(dataset: Dataset) -> Dataset:
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
-def resolve_device(name: str) -> torch.device:
-    device = dist.init_distributed()
-    if name == "auto":
-        return device
-    return torch.device(name)
+class ClassificationArms(ArmsTask):
+    """Data, model and evaluation of a classification run."""
 
-
-def denoising_strength(model: nn.Module) -> list[dict[str, Any]]:
-    """Per layer in execution order: t, k_t and ||k_t D||_F / sqrt(C_in) (0 = identity step)."""
-    rows = []
-    for name, layer in dr.denoise_layers(model).items():
-        d = layer.D.detach().double()
-        rows.append(
-            {
-                "layer": name,
-                "t": layer.t,
-                "k_t": layer.strength,
-                "strength": (layer.strength * d.norm() / d.shape[0] ** 0.5).item(),
-            }
-        )
-    return rows
-
-
-@torch.no_grad()
-def fused_vs_unfused(converted: nn.Module, fused: nn.Module, x: torch.Tensor) -> float:
-    """max |fused(x) - unfused(x)|, where unfused denoises each layer's input explicitly."""
-    layers = dr.denoise_layers(converted).values()
-    converted.eval()
-    fused.eval()
-    for layer in layers:
-        layer.explicit = True
-    try:
-        return (fused(x).float() - converted(x).float()).abs().max().item()
-    finally:
-        for layer in layers:
-            layer.explicit = False
-
-
-class Experiment:
-    """The pieces every arm shares: data, task, device, evaluation, and the three arms."""
-
-    def __init__(self, cfg: ClassifyConfig, progress: bool = True) -> None:
+    def __init__(self, cfg: ClassifyConfig) -> None:
         self.cfg = cfg
-        self.progress = progress
         self.device = resolve_device(cfg.device)
         data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
+        self.num_classes, self.in_chans = data.num_classes, data.in_chans
+        model = self.build_model()  # a wrong name or weights file fails here, before any folder
+        self.preprocessing: dict[str, Any] = {"mean": list(data.mean), "std": list(data.std)}
+        if isinstance(data.train, ListImageDataset):
+            self.preprocessing = follow_model(data, model, cfg.data)
         self.train_set, self.test_set = materialize(data.train), materialize(data.test)
-        self.task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
-        self.model_kwargs = dict(
-            cfg.model.kwargs, num_classes=data.num_classes, in_chans=data.in_chans
-        )
+        self.image_stats = (self.preprocessing["mean"], self.preprocessing["std"])
+        self.trainer_task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
         n = min(64, len(self.test_set))
-        self.example = next(iter(DataLoader(self.test_set, batch_size=n)))[0].to(self.device)
+        self.probe = next(iter(DataLoader(self.test_set, batch_size=n)))[0].to(self.device)
+        self._baseline_predictions: torch.Tensor | None = None
+
+    @property
+    def convert_input(self) -> torch.Tensor:
+        return self.probe[:2]
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        kwargs = dict(m.kwargs, num_classes=self.num_classes, in_chans=self.in_chans)
+        if m.pretrained:
+            kwargs["pretrained"] = m.pretrained
+        if m.checkpoint:
+            kwargs["checkpoint"] = m.checkpoint
+        return create_model(m.name, **kwargs)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return evaluate(model, self.test_set, self.cfg.data.eval_batch_size)
-
-    def _eval_fn(self, model: nn.Module) -> dict[str, float]:
-        return {f"test_{k}": v for k, v in self.evaluate(model).items()}
-
-    def _fit(self, model: nn.Module, cfg: TrainConfig, out: Path, seed: int, tag: str) -> list:
-        return fit(
-            model,
-            self.train_set,
-            cfg,
-            self.task,
-            out,
-            seed,
-            eval_fn=self._eval_fn,
-            tag=tag,
-            progress=self.progress,
+        return evaluate(
+            model, self.test_set, self.cfg.data.eval_batch_size, workers=self.cfg.data.workers
         )
 
-    def baseline(self, seed: int, out: Path) -> tuple[nn.Module, list]:
-        """A freshly initialised model trained for ``baseline.epochs`` (or loaded)."""
-        torch.manual_seed(seed)
-        model = create_model(self.cfg.model.name, **self.model_kwargs).to(self.device)
-        if self.cfg.baseline_weights:
-            missing, unexpected = load_model(model, self.cfg.baseline_weights, strict=False)
-            if missing or unexpected:
-                raise ValueError(
-                    f"baseline_weights {self.cfg.baseline_weights} does not match "
-                    f"{self.cfg.model.name}: missing {sorted(missing)[:3]}, "
-                    f"unexpected {sorted(unexpected)[:3]}"
-                )
-            return model, []
-        return model, self._fit(model, self.cfg.baseline, out, seed, f"seed {seed} baseline")
+    robustness_metric = "acc1"
 
-    def control(self, baseline: nn.Module, seed: int, out: Path) -> tuple[nn.Module, list]:
-        """The baseline fine-tuned like the DenoiseRep arm, without DenoiseRep."""
-        model = copy.deepcopy(baseline)
-        plain = dataclasses.replace(self.cfg.finetune, phases="none", denoiser_epochs=0)
-        return model, self._fit(model, plain, out, seed, f"seed {seed} control")
+    def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
+        """Accuracy on the test set under a corruption (or clean, for feature noise)."""
+        return evaluate(
+            model,
+            condition(self.test_set, self.image_stats),
+            self.cfg.data.eval_batch_size,
+            workers=self.cfg.data.workers,
+        )
 
-    def denoiserep(
-        self,
-        baseline: nn.Module,
-        seed: int,
-        out: Path,
-        denoise: dr.DenoiseConfig | None = None,
-        finetune: TrainConfig | None = None,
-        tag: str = "denoiserep",
-    ) -> tuple[nn.Module, nn.Module, list]:
-        """Convert a copy of the baseline, fine-tune it, fuse: (converted, fused, history)."""
-        denoise = denoise or self.cfg.denoise
-        model = dr.convert(copy.deepcopy(baseline), denoise, example_input=self.example[:2])
-        history = self._fit(model, finetune or self.cfg.finetune, out, seed, f"seed {seed} {tag}")
-        fused = dr.fuse(model).to(self.device)
-        if dist.is_main():
-            save_model(fused, str(out / "fused.safetensors"))
-        return model, fused, history
+    def fit_options(self, arm: str, train: Any, seed: int) -> dict[str, Any]:
+        return {"eval_fn": lambda model: {f"test_{k}": v for k, v in self.evaluate(model).items()}}
 
-    def fused_results(self, model: nn.Module, fused: nn.Module) -> dict[str, float]:
-        results = self.evaluate(fused)
-        results["max_abs_diff_fused_unfused"] = fused_vs_unfused(model, fused, self.example)
-        return results
+    def arm_done(self, seed: int, arm: str, model: nn.Module) -> None:
+        if arm == "baseline":
+            self._baseline_predictions = self._predict(model)
+
+    def _predict(self, model: nn.Module) -> torch.Tensor:
+        return predict(model, self.test_set, self.cfg.data.eval_batch_size)
+
+    def compare_to_baseline(self, model: nn.Module, baseline: nn.Module) -> dict[str, float]:
+        """The share of test images whose predicted class differs from the baseline's (%)."""
+        reference = self._baseline_predictions
+        if reference is None:
+            reference = self._predict(baseline)
+        changed = self._predict(model) != reference
+        return {"changed_pct": 100.0 * changed.float().mean().item()}
+
+
+def run_arms_for(
+    cfg: ClassifyConfig,
+    overwrite: bool,
+    progress: bool,
+    run_config: Any,
+    write: Any,
+    variants: list[Variant] | None = None,
+    task_name: str = TASK,
+) -> tuple[dict[str, Any], ClassificationArms]:
+    """Set up the task (fails before any folder exists), claim the folder, run the arms."""
+    task = ClassificationArms(cfg)
+    header = {"task": task_name, "config": to_dict(run_config), "preprocessing": task.preprocessing}
+    weights = bool(cfg.model.pretrained or cfg.model.checkpoint)
+    report = start_run(cfg, task, run_config, header, write, overwrite, progress, variants, weights)
+    return report, task
 
 
 def run_classification(
     cfg: ClassifyConfig, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Run the protocol of ``cfg``; write results.json / results.md / curves.png; return results."""
-    exp = Experiment(cfg, progress)
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
-    per_seed: dict[int, dict[str, dict[str, float]]] = {}
-    histories: dict[int, dict[str, list]] = {}
-    extras: dict[str, Any] = {}
-    for seed in cfg.seeds:
-        seed_dir = out / f"seed{seed}"
-        baseline, hist_base = exp.baseline(seed, seed_dir / "baseline")
-        hist = {"baseline": hist_base} if hist_base else {}
-        results = {"baseline": exp.evaluate(baseline)}
-        if "control" in cfg.arms:
-            control, hist["control"] = exp.control(baseline, seed, seed_dir / "control")
-            results["control"] = exp.evaluate(control)
-        if "denoiserep" in cfg.arms:
-            model, fused, hist["denoiserep"] = exp.denoiserep(
-                baseline, seed, seed_dir / "denoiserep"
-            )
-            results["denoiserep"] = exp.fused_results(model, fused)
-            if seed == cfg.seeds[0]:
-                latency = measure_latency({"baseline": baseline, "fused": fused}, exp.example)
-                extras = {
-                    "params_baseline": num_parameters(baseline),
-                    "params_fused": num_parameters(fused),
-                    "latency_ms_baseline": 1e3 * latency["baseline"],
-                    "latency_ms_fused": 1e3 * latency["fused"],
-                    "latency_ratio_fused_over_baseline": latency["fused"] / latency["baseline"],
-                    "latency_batch": int(exp.example.shape[0]),
-                    "strength": denoising_strength(model),
-                }
-        per_seed[seed] = results
-        histories[seed] = hist
-    report = {
-        "config": to_dict(cfg),
-        "device": str(exp.device),
-        "per_seed": {str(s): r for s, r in per_seed.items()},
-        "summary": aggregate_seeds(per_seed),
-        "histories": {str(s): h for s, h in histories.items()},
-        **extras,
-    }
-    if dist.is_main():
-        from .report import write_reports
+    from .report import write_reports
 
-        write_reports(report, Path(out))
+    report, _ = run_arms_for(cfg, overwrite, progress, cfg, write_reports)
     return report
 
 
@@ -260,6 +204,12 @@ def run_classification(
 Config = ClassifyConfig
 run = run_classification
 DEFAULT_CONFIG = "digits_demo.yaml"
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    from .report import write_reports as write
+
+    write(report, out)
 
 
 def summarize(report: dict[str, Any]) -> str:

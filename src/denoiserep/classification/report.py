@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from denoiserep.engine.report import ARM_LABELS, cost_rows, format_stat
+from denoiserep.engine.report import (
+    fusion_rows,
+    metric_table,
+    robustness_section,
+    status_line,
+    write_figures,
+    write_json,
+)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The run's summary: accuracy per arm (mean ± std over seeds) and the fusion checks."""
-    summary = report["summary"]
-    seeds = len(report["per_seed"])
-    lines = ["| arm | acc@1 (%) | acc@5 (%) |", "| --- | --- | --- |"]
-    for arm, stats in summary.items():
-        lines.append(
-            f"| {ARM_LABELS[arm]} | {format_stat(stats['acc1'])} | {format_stat(stats['acc5'])} |"
-        )
-    lines.append("")
-    lines.append(f"Seeds: {seeds}. Device: {report['device']}.")
-    if "denoiserep" in summary:
-        diff = max(summary["denoiserep"]["max_abs_diff_fused_unfused"]["values"])
-        lines += [
-            "",
-            "| fusion check | value |",
-            "| --- | --- |",
-            f"| max abs(fused - unfused) output difference | {diff:.3g} |",
-            *cost_rows(report),
-        ]
+    lines = metric_table(report, {"acc1": "acc@1 (%)", "acc5": "acc@5 (%)"})
+    lines += ["", status_line(report), *fusion_rows(report), *robustness_section(report, "acc1")]
     return "\n".join(lines) + "\n"
 
 
@@ -39,7 +29,7 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hist = next(iter(report["histories"].values()))
+    hist = next(iter(report["histories"].values()), {})
     panels = 3 if report.get("strength") else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     offset = len(hist.get("baseline", []))
@@ -52,9 +42,9 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
         axes[1].plot(
             epochs, [r.get("test_acc1", float("nan")) for r in records], marker=".", label=arm
         )
-        if arm == "denoiserep":
+        if any("ploss" in r for r in records):
             ploss = [r.get("ploss", float("nan")) for r in records]  # absent in backbone epochs
-            axes[0].plot(epochs, ploss, ls="--", marker="x", label="noise-pred. loss")
+            axes[0].plot(epochs, ploss, ls="--", marker="x", label=f"{arm}: noise-pred. loss")
     axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="test acc@1 (%)", title="test accuracy")
     for ax in axes[:2]:
@@ -76,6 +66,8 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
 
 
 def write_reports(report: dict[str, Any], out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    """results.json, results.md and curves.png under ``out``."""
+    write_json(report, out)
     (out / "results.md").write_text(markdown_table(report))
     plot_curves(report, out / "curves.png")
+    write_figures(report, out, "acc1")

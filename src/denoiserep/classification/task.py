@@ -9,22 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from denoiserep.data.augment import pad_crop_flip
 from denoiserep.engine import dist
-
-
-def pad_crop_flip(
-    x: torch.Tensor, generator: torch.Generator, pad: int = 0, flip: bool = False
-) -> torch.Tensor:
-    """Random translation (zero-pad by ``pad``, crop back) and horizontal flip, per image."""
-    n, _, h, w = x.shape
-    if pad:
-        padded = F.pad(x, (pad, pad, pad, pad))
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
-        x = torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(offsets)])
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return x
 
 
 class ClassificationTask:
@@ -54,13 +40,31 @@ class ClassificationTask:
 
 
 @torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
+    """Predicted class of every item of ``dataset`` (eval mode, mode restored), on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size)
+    out = torch.cat([model(x.to(device)).argmax(-1).cpu() for x, *_ in loader])
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256, topk: tuple[int, ...] = (1, 5)
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    topk: tuple[int, ...] = (1, 5),
+    workers: int = 0,
 ) -> dict[str, float]:
     """Top-k accuracy (in %) of ``model`` in eval mode, summed over ranks when distributed."""
     device = next(model.parameters()).device
     shard = Subset(dataset, range(dist.rank(), len(dataset), dist.world_size()))
-    loader = DataLoader(shard, batch_size=batch_size)
+    loader = DataLoader(
+        shard, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     was_training = model.training
     model.eval()
     counts = torch.zeros(len(topk) + 1, dtype=torch.float64)

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.classification.protocol import resolve_device
 from denoiserep.engine import dist
+from denoiserep.engine.arms import ArmsConfig
 from denoiserep.engine.config import to_dict
-from denoiserep.engine.runs import prepare_run_folder
+from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.trainer import TrainConfig
 
 from .coco import CocoDetection, coco_evaluate, detection_collate
@@ -38,15 +38,15 @@ from .models import (
 )
 from .protocol import (
     CanvasConfig,
-    Pipeline,
-    check_protocol_fields,
+    DenseArms,
     ensure_canvas,
     probe_batch,
-    run_arms,
+    run_dense,
     write_results,
 )
 from .visualize import draw_detections, save_grid
 
+TASK = "detect"
 _COCO_PATHS = ("train_images", "train_annotations", "val_images", "val_annotations")
 _STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -83,6 +83,8 @@ class ModelConfig:
     anchor_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_ANCHOR_SIZES))
     trainable_layers: int = 5
     frozen_bn: bool = False
+    pretrained: bool | str = False
+    checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # fail before the data is built, not after
@@ -98,7 +100,7 @@ class ModelConfig:
 
 
 @dataclass
-class DetectConfig:
+class DetectConfig(ArmsConfig):
     """Everything one ``denoiserep detect`` run does."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -114,15 +116,7 @@ class DetectConfig:
     denoise: dr.DenoiseConfig = field(
         default_factory=lambda: dr.DenoiseConfig(targets=list(DETECTION_BACKBONE))
     )
-    seeds: list[int] = field(default_factory=lambda: [0])
-    arms: list[str] = field(default_factory=lambda: ["control", "denoiserep"])
-    baseline_weights: str | None = None
-    latency_repeats: int = 10
     output: str = "runs/detect"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_protocol_fields(self)
 
 
 def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -235,7 +229,6 @@ def run_detection(
 ) -> dict[str, Any]:
     """Run the protocol of ``cfg``; write results.json / results.md / predictions.png."""
     device = resolve_device(cfg.device)
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
     train_set, val_set = build_datasets(cfg.data)
     if train_set.category_map.category_ids != val_set.category_map.category_ids:
         raise ValueError("train and val annotations list different categories")
@@ -252,24 +245,28 @@ def run_detection(
             anchor_sizes=m.anchor_sizes,
             trainable_layers=m.trainable_layers,
             frozen_bn=m.frozen_bn,
+            pretrained=m.pretrained,
+            checkpoint=m.checkpoint,
             **m.kwargs,
         )
 
-    pipeline = Pipeline(
+    task = DenseArms(
         build_model=build,
         train_set=train_set,
-        task=DetectionTask(cfg.data.flip),
+        trainer_task=DetectionTask(cfg.data.flip),
         evaluate=lambda model: evaluate_detection(model, val_set, cfg.data.eval_batch_size),
         probe=probe_batch(val_set).to(device),
         features=detection_features,
+        device=device,
         collate_fn=detection_collate,
     )
-    report, models = run_arms(cfg, pipeline, out, device, progress)
+    header = {"task": TASK, "config": to_dict(cfg)}
+    report = run_dense(cfg, task, header, write_reports, overwrite, progress)
     if dist.is_main():
-        write_results(report, out, metric_columns(cfg.model.arch))
+        out = Path(cfg.output)
         shown = list(range(min(cfg.data.figure_images, len(val_set))))
         rows = {"ground truth": [val_set[i][1] for i in shown]}
-        rows.update({arm: predict(m, val_set, shown) for arm, m in models.items()})
+        rows.update({arm: predict(m, val_set, shown) for arm, m in task.first_models.items()})
         images = [val_set[i][0] for i in shown]
         names = train_set.category_map.names
         thr = cfg.data.figure_score_threshold
@@ -288,6 +285,11 @@ def run_detection(
 Config = DetectConfig
 run = run_detection
 DEFAULT_CONFIG = "detect_canvas.yaml"
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    """results.json and results.md (predictions.png is drawn at the end of a run)."""
+    write_results(report, out, metric_columns(report["config"]["model"]["arch"]))
 
 
 def summarize(report: dict[str, Any]) -> str:

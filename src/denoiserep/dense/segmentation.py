@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.classification.protocol import resolve_device
+from denoiserep.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from denoiserep.engine import dist
+from denoiserep.engine.arms import ArmsConfig
 from denoiserep.engine.config import to_dict
-from denoiserep.engine.runs import prepare_run_folder
+from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.trainer import TrainConfig
 
 from .ade20k import IGNORE_INDEX, ADE20KSegmentation, JointRandomTransform
@@ -30,18 +31,16 @@ from .metrics import SegmentationMetric
 from .models import SEGMENTATION_BACKBONE, SEGMENTERS, build_segmenter
 from .protocol import (
     CanvasConfig,
-    Pipeline,
-    check_protocol_fields,
+    DenseArms,
     ensure_canvas,
     probe_batch,
-    run_arms,
+    run_dense,
     write_results,
 )
 from .visualize import draw_label_map, save_grid
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 COLUMNS = {"mIoU": "mIoU", "aAcc": "aAcc", "mAcc": "mAcc", "B-IoU": "B-IoU"}
+TASK = "segment"
 
 
 @dataclass
@@ -72,6 +71,8 @@ class ModelConfig:
     aux_loss: bool = False
     bn_momentum: float | None = None
     aux_weight: float = 0.5
+    pretrained: bool | str = False
+    checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # fail before the data is built, not after
@@ -81,7 +82,7 @@ class ModelConfig:
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(ArmsConfig):
     """Everything one ``denoiserep segment`` run does."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -97,15 +98,7 @@ class SegmentConfig:
     denoise: dr.DenoiseConfig = field(
         default_factory=lambda: dr.DenoiseConfig(targets=list(SEGMENTATION_BACKBONE))
     )
-    seeds: list[int] = field(default_factory=lambda: [0])
-    arms: list[str] = field(default_factory=lambda: ["control", "denoiserep"])
-    baseline_weights: str | None = None
-    latency_repeats: int = 10
     output: str = "runs/segment"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_protocol_fields(self)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -208,33 +201,36 @@ def run_segmentation(
 ) -> dict[str, Any]:
     """Run the protocol of ``cfg``; write results.json / results.md / predictions.png."""
     device = resolve_device(cfg.device)
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
     train_set, val_set, crop = build_datasets(cfg.data)
     m = cfg.model
-    pipeline = Pipeline(
+    task = DenseArms(
         build_model=lambda: build_segmenter(
             m.name,
             train_set.num_classes,
             aux_loss=m.aux_loss,
             bn_momentum=m.bn_momentum,
+            pretrained=m.pretrained,
+            checkpoint=m.checkpoint,
             **m.kwargs,
         ),
         train_set=train_set,
-        task=SegmentationTask(crop, cfg.data.scale_range, cfg.data.flip, m.aux_weight),
+        trainer_task=SegmentationTask(crop, cfg.data.scale_range, cfg.data.flip, m.aux_weight),
         evaluate=lambda model: evaluate_segmentation(
             model, val_set, cfg.data.eval_batch_size, cfg.data.boundary_dilation_ratio
         ),
         probe=normalize(probe_batch(val_set).to(device)),
         features=lambda model, x: [model(x)["out"]],
+        device=device,
         collate_fn=detection_collate,
     )
-    report, models = run_arms(cfg, pipeline, out, device, progress)
+    header = {"task": TASK, "config": to_dict(cfg)}
+    report = run_dense(cfg, task, header, write_reports, overwrite, progress)
     if dist.is_main():
-        write_results(report, out, COLUMNS)
+        out = Path(cfg.output)
         shown = [val_set[i] for i in range(min(cfg.data.figure_images, len(val_set)))]
         images, targets = [im for im, _ in shown], [t for _, t in shown]
         rows = {"ground truth": targets}
-        for arm, model in models.items():  # only labelled pixels are trained and scored
+        for arm, model in task.first_models.items():  # only labelled pixels are trained/scored
             labels = zip(predict(model, images), targets, strict=True)
             rows[arm] = [torch.where(t == IGNORE_INDEX, t, p) for p, t in labels]
         k = val_set.num_classes
@@ -253,6 +249,11 @@ def run_segmentation(
 Config = SegmentConfig
 run = run_segmentation
 DEFAULT_CONFIG = "segment_canvas.yaml"
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    """results.json and results.md (predictions.png is drawn at the end of a run)."""
+    write_results(report, out, COLUMNS)
 
 
 def summarize(report: dict[str, Any]) -> str:

@@ -20,6 +20,12 @@ def init_distributed() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """Join ``torchrun``'s process group if any; ``auto`` is this rank's GPU or the CPU."""
+    device = init_distributed()
+    return device if name == "auto" else torch.device(name)
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -1,12 +1,13 @@
-"""What every pipeline's report shares: the arms, their labels, mean ± std over seeds."""
+"""What every pipeline's report shares: arm labels, mean ± std over seeds, fusion-check rows."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ARMS = ("baseline", "control", "denoiserep")
 ARM_LABELS = {
     "baseline": "baseline",
     "control": "control (same extra epochs, no DenoiseRep)",
@@ -14,14 +15,27 @@ ARM_LABELS = {
 }
 
 
-def aggregate_seeds(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
-    """Per arm and metric: mean, std (ddof 1; 0 for one seed) and the per-seed values."""
-    first = next(iter(per_seed.values()))
+def arm_label(arm: str) -> str:
+    """The table label of an arm (a DenoiseRep variant is named as it is)."""
+    return ARM_LABELS.get(arm, arm)
+
+
+def aggregate_seeds(per_seed: dict[Any, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Per arm and metric: mean, std (ddof 1; 0 for one seed) and the per-seed values.
+
+    Arms are taken in the order they first appear; an arm missing from a seed (a run that
+    stopped part-way) is aggregated over the seeds that have it.
+    """
     summary: dict[str, dict[str, Any]] = {}
-    for arm, metrics in first.items():
-        summary[arm] = {}
+    for results in per_seed.values():
+        for arm, metrics in results.items():
+            for m in metrics:
+                summary.setdefault(arm, {}).setdefault(m, [])
+    for arm, metrics in summary.items():
         for m in metrics:
-            values = np.array([per_seed[s][arm][m] for s in per_seed], dtype=float)
+            values = np.array(
+                [r[arm][m] for r in per_seed.values() if arm in r and m in r[arm]], dtype=float
+            )
             std = values.std(ddof=1) if len(values) > 1 else 0.0
             summary[arm][m] = {
                 "mean": float(values.mean()),
@@ -38,6 +52,27 @@ def format_stat(stat: dict[str, Any], digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
+def metric_table(report: dict[str, Any], columns: dict[str, str]) -> list[str]:
+    """Markdown rows: one per arm, the metrics named by ``columns`` (key -> header)."""
+    lines = [
+        "| arm | " + " | ".join(columns.values()) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for arm, stats in report["summary"].items():
+        cells = [format_stat(stats[key]) if key in stats else "-" for key in columns]
+        lines.append(f"| {arm_label(arm)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def status_line(report: dict[str, Any]) -> str:
+    """Seeds, device, and whether the run is still incomplete."""
+    line = f"Seeds: {len(report['per_seed'])}. Device: {report['device']}."
+    if report.get("partial"):
+        done = sum(len(arms) for arms in report["per_seed"].values())
+        line += f" PARTIAL: {done} arm(s) finished so far; the run has not completed."
+    return line
+
+
 def cost_rows(report: dict[str, Any]) -> list[str]:
     """Markdown rows: parameters and inference latency of the fused model against the baseline."""
     return [
@@ -47,3 +82,79 @@ def cost_rows(report: dict[str, Any]) -> list[str]:
         f"{report['latency_ratio_fused_over_baseline']:.3f} "
         f"({report['latency_ms_fused']:.2f} ms / {report['latency_ms_baseline']:.2f} ms) |",
     ]
+
+
+def fusion_rows(report: dict[str, Any], output: str = "output") -> list[str]:
+    """The fusion-check table of the DenoiseRep arms (empty before one has finished)."""
+    checks = [s for s in report["summary"].values() if "max_abs_diff_fused_unfused" in s]
+    if not checks or "params_fused" not in report:
+        return []
+    diff = max(max(s["max_abs_diff_fused_unfused"]["values"]) for s in checks)
+    change = max(max(s["max_abs_change_from_baseline"]["values"]) for s in checks)
+    return [
+        "",
+        "| fusion check | value |",
+        "| --- | --- |",
+        f"| denoised layers | {report['denoised_layers']} |",
+        f"| max abs(fused - unfused) {output} difference | {diff:.3g} |",
+        f"| max abs change of non-denoiser weights from the baseline | {change:.3g} |",
+        *cost_rows(report),
+    ]
+
+
+def write_json(report: dict[str, Any], out: Path) -> None:
+    """results.json, written to a temporary file and renamed (never half-written)."""
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out / "results.json")
+
+
+def _mean_nested(items: list[Any]) -> Any:
+    """Element-wise mean of equally shaped nested dicts with numeric leaves."""
+    first = items[0]
+    if isinstance(first, dict):
+        return {k: _mean_nested([i[k] for i in items]) for k in first if k not in ("config",)}
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return float(np.mean(items))
+    return first
+
+
+def robustness_over_seeds(report: dict[str, Any]) -> dict[str, Any]:
+    """Per arm, the robustness results averaged over the seeds that have that arm."""
+    per_seed = report.get("robustness") or {}
+    arms: dict[str, list] = {}
+    for results in per_seed.values():
+        for arm, res in results.items():
+            arms.setdefault(arm, []).append(res)
+    return {arm: _mean_nested(items) for arm, items in arms.items()}
+
+
+def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
+    """Markdown: clean / mCA / mCE / feature-noise table (mean over seeds), if measured."""
+    per_arm = robustness_over_seeds(report)
+    if not per_arm:
+        return []
+    from .robustness import robustness_table, summarize_robustness
+
+    seeds = len(report["robustness"])
+    return [
+        "",
+        f"Robustness ({metric}, mean over {seeds} seed(s); corruptions at severities "
+        "1-5, feature noise sigma relative to each target layer's input std):",
+        "",
+        robustness_table(summarize_robustness(per_arm, metric)).rstrip("\n"),
+    ]
+
+
+def write_figures(report: dict[str, Any], out: Path, metric: str) -> None:
+    """robustness.png (metric against severity / sigma) and spectrum_<arm>.png, if measured."""
+    per_arm = robustness_over_seeds(report)
+    if per_arm:
+        from .robustness import plot_robustness
+
+        plot_robustness(per_arm, str(out / "robustness.png"), metric=metric)
+    if report.get("spectrum"):
+        from denoiserep.core.spectrum import plot_spectrum
+
+        for arm, rows in report["spectrum"].items():
+            plot_spectrum(rows, out / f"spectrum_{arm}.png", title=f"{arm_label(arm)}: k_t D")

@@ -20,31 +20,21 @@ Metrics (mAP, Rank-1/5/10, mINP) are reported as mean and std over seeds.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.bench.latency import measure_latency
-from denoiserep.classification.protocol import (
-    denoising_strength,
-    fused_vs_unfused,
-    resolve_device,
-)
+from denoiserep.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from denoiserep.engine import dist
+from denoiserep.engine.arms import ArmsConfig, ArmsTask, start_run
 from denoiserep.engine.config import from_dict, to_dict
-from denoiserep.engine.report import ARMS, aggregate_seeds
-from denoiserep.engine.runs import prepare_run_folder
-from denoiserep.engine.trainer import TrainConfig, fit
-from denoiserep.models.factory import num_parameters
+from denoiserep.engine.dist import resolve_device
+from denoiserep.engine.trainer import TrainConfig
 
 from .datasets import ReIDDataset, build_reid_dataset, merge_datasets
 from .model import NECK_FEATS, build_reid_model
@@ -54,8 +44,7 @@ from .task import DISTANCES, ReIDImageDataset, ReIDTask, evaluate_reid
 
 PROTOCOLS = ("label_free", "label_augmented", "merged")
 LABELLED_SCHEDULES = ("backbone", "joint", "alternating")
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+TASK = "reid"
 
 
 @dataclass
@@ -117,9 +106,15 @@ class DataConfig(SourceConfig):
 
 @dataclass
 class ModelConfig:
-    """Backbone (timm name or ``tv:<name>``) with keyword overrides, BNNeck options."""
+    """Backbone (timm name or ``tv:<name>``), its weights, keyword overrides, BNNeck options.
+
+    ``pretrained`` / ``checkpoint`` as in ``denoiserep.models.create_model`` (the backbone's
+    classifier head is dropped).
+    """
 
     name: str = "vit_small_patch16_224"
+    pretrained: bool | str = False
+    checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     last_stride: int | None = None
     neck_feat: str = "after"
@@ -160,31 +155,19 @@ class EvalConfig:
 
 
 @dataclass
-class ReIDConfig:
-    """Everything one ``denoiserep reid`` run does."""
+class ReIDConfig(ArmsConfig):
+    """Everything one ``denoiserep reid`` run does (arms and training: ``ArmsConfig``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    baseline: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(
-        default_factory=lambda: TrainConfig(phases="alternating", denoiser_epochs=1)
-    )
     denoise: dr.DenoiseConfig = field(default_factory=lambda: dr.DenoiseConfig(loss_weight=0.1))
     protocol: str = "label_augmented"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    arms: list[str] = field(default_factory=lambda: ["control", "denoiserep"])
-    baseline_weights: str | None = None
     output: str = "runs/reid"
-    device: str = "auto"
 
     def __post_init__(self) -> None:
-        bad = [a for a in self.arms if a not in ARMS[1:]]
-        if bad:
-            raise ValueError(f"arms must be among {ARMS[1:]}, got {bad}")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
+        super().__post_init__()
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         phases = self.finetune.phases
@@ -223,30 +206,12 @@ def load_source(src: SourceConfig) -> ReIDDataset:
     return build_reid_dataset(src.name, root, **src.options)
 
 
-def max_change_from_baseline(converted: nn.Module, baseline: nn.Module) -> float:
-    """max |converted - baseline| over the baseline's float weights and buffers (not D).
+class ReIDArms(ArmsTask):
+    """Data, model and evaluation of a re-ID run; the DenoiseRep arm's data follows the protocol."""
 
-    Zero after label-free training: the backbone, BNNeck statistics and classifier are frozen.
-    """
-    reference = baseline.state_dict()
-    denoisers = {f"{name}.D" for name in dr.denoise_layers(converted)}
-    change = 0.0
-    for name, value in dr.unwrap(converted).state_dict().items():
-        if name in denoisers or not value.is_floating_point():
-            continue
-        key = name.replace(".base_layer.", ".")
-        diff = (value.double() - reference[key].double()).abs().max().item()
-        change = max(change, diff)
-    return change
-
-
-class ReIDExperiment:
-    """What every arm of a run shares (data, task, evaluation) and the three arms."""
-
-    def __init__(
-        self, cfg: ReIDConfig, out: Path, device: torch.device, progress: bool = True
-    ) -> None:
-        self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
+    def __init__(self, cfg: ReIDConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
         self.target = load_source(cfg.data)
         self.train_set = self._images(self.target.train)
         self.query_set = self._images(self.target.query)
@@ -258,7 +223,7 @@ class ReIDExperiment:
             sources = [self.target, *(load_source(s) for s in cfg.data.sources())]
             self.denoiser_set = self._images(merge_datasets(sources).train).without_labels()
         loss, data = cfg.loss, cfg.data
-        self.task = ReIDTask(
+        self.trainer_task = ReIDTask(
             loss.label_smoothing,
             loss.triplet_margin,
             loss.id_weight,
@@ -267,21 +232,40 @@ class ReIDExperiment:
             data.flip,
             data.erasing,
         )
+        self.image_stats = (data.mean, data.std)
         n = min(64, len(self.query_set))
-        self.example = torch.stack([self.query_set[i][0] for i in range(n)]).to(device)
+        self.probe = torch.stack([self.query_set[i][0] for i in range(n)]).to(self.device)
+
+    @property
+    def convert_input(self) -> dict[str, Any]:
+        return {"x": self.probe[:2], "return_logits": True}  # the classifier runs too
 
     def _images(self, items: list) -> ReIDImageDataset:
         d = self.cfg.data
         return ReIDImageDataset(items, (d.height, d.width), d.mean, d.std, d.preload)
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        weights = {"pretrained": m.pretrained} if m.pretrained else {}
+        if m.checkpoint:
+            weights["checkpoint"] = m.checkpoint
+        return build_reid_model(
+            m.name,
+            self.target.num_train_pids,
+            m.last_stride,
+            m.neck_feat,
+            **weights,
+            **m.kwargs,
+        )
+
+    def evaluate(self, model: nn.Module, query: Any = None, gallery: Any = None) -> dict[str, Any]:
         """mAP, Rank-1/5/10, mINP and the CMC curve (%) on the target's query and gallery."""
         e = self.cfg.eval
         rerank = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value} if e.rerank else None
         return evaluate_reid(
             model,
-            self.query_set,
-            self.gallery_set,
+            self.query_set if query is None else query,
+            self.gallery_set if gallery is None else gallery,
             e.batch_size,
             e.flip,
             e.normalize,
@@ -290,17 +274,30 @@ class ReIDExperiment:
             e.max_rank,
         )
 
-    def _eval_fn(self, model: nn.Module) -> dict[str, float]:
-        metrics = self.evaluate(model)
-        return {"test_mAP": metrics["mAP"], "test_rank1": metrics["rank1"]}
+    robustness_metric = "mAP"
 
-    def _fit(
-        self, model: nn.Module, train: TrainConfig, seed: int, arm: str, dataset: ReIDImageDataset
-    ) -> list[dict[str, Any]]:
+    def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
+        """Queries corrupted with a clean gallery, and (``both/``) both corrupted."""
+        stats = self.image_stats
+        query = condition(self.query_set, stats, limit=False)
+        metrics = self._scalars(self.evaluate(model, query))
+        if condition.kind == "corruption":
+            gallery = condition(self.gallery_set, stats, limit=False)
+            both = self._scalars(self.evaluate(model, query, gallery))
+            metrics.update({f"both/{k}": v for k, v in both.items()})
+        return metrics
+
+    @staticmethod
+    def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+        return {k: v for k, v in metrics.items() if not isinstance(v, list | tuple)}
+
+    def fit_options(self, arm: str, train: TrainConfig, seed: int) -> dict[str, Any]:
         """The labelled set trains on P x K batches; an unlabelled one on the trainer's shuffle."""
-        sampler = None
+        denoising = arm not in ("baseline", "control")
+        dataset = self.denoiser_set if denoising else self.train_set
+        options: dict[str, Any] = {"dataset": dataset}
         if dataset is self.train_set:
-            sampler = RandomIdentitySampler(
+            options["sampler"] = RandomIdentitySampler(
                 self.train_set.pids.tolist(),
                 train.batch_size,
                 self.cfg.data.num_instances,
@@ -308,81 +305,14 @@ class ReIDExperiment:
                 num_replicas=dist.world_size(),
                 rank=dist.rank(),
             )
-        return fit(
-            model,
-            dataset,
-            train,
-            self.task,
-            self.out / f"seed{seed}" / arm,
-            seed,
-            sampler=sampler,
-            eval_fn=self._eval_fn if self.cfg.eval.per_epoch else None,
-            tag=f"seed {seed} {arm}",
-            progress=self.progress,
-        )
+        if self.cfg.eval.per_epoch:
 
-    def baseline(self, seed: int) -> tuple[nn.Module, list]:
-        """A freshly initialised model trained for ``baseline.epochs`` (or loaded)."""
-        cfg = self.cfg
-        torch.manual_seed(seed)
-        model = build_reid_model(
-            cfg.model.name,
-            self.target.num_train_pids,
-            cfg.model.last_stride,
-            cfg.model.neck_feat,
-            **cfg.model.kwargs,
-        ).to(self.device)
-        if cfg.baseline_weights:
-            missing, unexpected = load_model(model, cfg.baseline_weights, strict=False)
-            if missing or unexpected:
-                raise ValueError(
-                    f"baseline_weights {cfg.baseline_weights} does not match {cfg.model.name} "
-                    f"with {self.target.num_train_pids} identities: missing "
-                    f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
-                )
-            return model, []
-        history = self._fit(model, cfg.baseline, seed, "baseline", self.train_set)
-        if dist.is_main():
-            save_model(model, str(self.out / f"seed{seed}" / "baseline" / "model.safetensors"))
-        return model, history
+            def eval_fn(model: nn.Module) -> dict[str, float]:
+                metrics = self.evaluate(model)
+                return {"test_mAP": metrics["mAP"], "test_rank1": metrics["rank1"]}
 
-    def control(self, baseline: nn.Module, seed: int) -> tuple[nn.Module, list]:
-        """The baseline fine-tuned with labels like the DenoiseRep arm, without DenoiseRep."""
-        model = copy.deepcopy(baseline)
-        plain = dataclasses.replace(self.cfg.finetune, phases="none", denoiser_epochs=0)
-        return model, self._fit(model, plain, seed, "control", self.train_set)
-
-    def denoiserep(self, baseline: nn.Module, seed: int) -> tuple[nn.Module, nn.Module, list]:
-        """Convert a copy of the baseline, train it under the protocol, fuse it."""
-        example = {"x": self.example[:2], "return_logits": True}
-        model = dr.convert(copy.deepcopy(baseline), self.cfg.denoise, example_input=example)
-        history = self._fit(model, self.cfg.finetune, seed, "denoiserep", self.denoiser_set)
-        fused = dr.fuse(model).to(self.device)
-        if dist.is_main():
-            save_model(fused, str(self.out / f"seed{seed}" / "denoiserep" / "fused.safetensors"))
-        return model, fused, history
-
-    def denoiserep_results(
-        self, model: nn.Module, fused: nn.Module, baseline: nn.Module
-    ) -> dict[str, Any]:
-        """Metrics of the fused model and the two exactness checks."""
-        results = self.evaluate(fused)
-        results["max_abs_diff_fused_unfused"] = fused_vs_unfused(model, fused, self.example)
-        results["max_abs_change_from_baseline"] = max_change_from_baseline(model, baseline)
-        return results
-
-    def cost(self, baseline: nn.Module, model: nn.Module, fused: nn.Module) -> dict[str, Any]:
-        """Parameters and latency of baseline vs fused, per-layer denoising strength."""
-        latency = measure_latency({"baseline": baseline, "fused": fused}, self.example)
-        return {
-            "params_baseline": num_parameters(baseline),
-            "params_fused": num_parameters(fused),
-            "latency_ms_baseline": 1e3 * latency["baseline"],
-            "latency_ms_fused": 1e3 * latency["fused"],
-            "latency_ratio_fused_over_baseline": latency["fused"] / latency["baseline"],
-            "latency_batch": int(self.example.shape[0]),
-            "strength": denoising_strength(model),
-        }
+            options["eval_fn"] = eval_fn
+        return options
 
     def dataset_summary(self) -> dict[str, Any]:
         return {
@@ -397,53 +327,30 @@ class ReIDExperiment:
 
 def run_reid(cfg: ReIDConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the protocol of ``cfg``; write results.json / results.md / cmc.png; return results."""
-    device = resolve_device(cfg.device)
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
-    exp = ReIDExperiment(cfg, Path(out), device, progress)
-    per_seed: dict[int, dict[str, dict[str, float]]] = {}
-    curves: dict[int, dict[str, list[float]]] = {}
-    histories: dict[int, dict[str, list]] = {}
-    extras: dict[str, Any] = {}
-    for seed in cfg.seeds:
-        baseline, hist_base = exp.baseline(seed)
-        hist = {"baseline": hist_base} if hist_base else {}
-        results = {"baseline": exp.evaluate(baseline)}
-        if "control" in cfg.arms:
-            control, hist["control"] = exp.control(baseline, seed)
-            results["control"] = exp.evaluate(control)
-        if "denoiserep" in cfg.arms:
-            model, fused, hist["denoiserep"] = exp.denoiserep(baseline, seed)
-            results["denoiserep"] = exp.denoiserep_results(model, fused, baseline)
-            if seed == cfg.seeds[0]:
-                extras = exp.cost(baseline, model, fused)
-        curves[seed] = {arm: r.pop("cmc") for arm, r in results.items()}
-        per_seed[seed] = results
-        histories[seed] = hist
-    report = {
-        "config": to_dict(cfg),
-        "device": str(device),
-        "protocol": cfg.protocol,
-        "dataset": exp.dataset_summary(),
-        "per_seed": {str(s): r for s, r in per_seed.items()},
-        "summary": aggregate_seeds(per_seed),
-        "cmc": {
-            arm: np.mean([curves[s][arm] for s in cfg.seeds], axis=0).tolist()
-            for arm in curves[cfg.seeds[0]]
-        },
-        "histories": {str(s): h for s, h in histories.items()},
-        **extras,
-    }
-    if dist.is_main():
-        from .report import write_reports
+    from .report import write_reports
 
-        write_reports(report, Path(out))
-    return report
+    task = ReIDArms(cfg)
+    task.build_model()  # a wrong name or weights file fails here, before any folder
+    header = {
+        "task": TASK,
+        "config": to_dict(cfg),
+        "protocol": cfg.protocol,
+        "dataset": task.dataset_summary(),
+    }
+    weights = bool(cfg.model.pretrained or cfg.model.checkpoint)
+    return start_run(cfg, task, cfg, header, write_reports, overwrite, progress, None, weights)
 
 
 # -- the command-line contract (see denoiserep.cli) ------------------------------------------
 Config = ReIDConfig
 run = run_reid
 DEFAULT_CONFIG = "reid_fashion.yaml"
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    from .report import write_reports as write
+
+    write(report, out)
 
 
 def summarize(report: dict[str, Any]) -> str:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from denoiserep.engine.report import ARM_LABELS, cost_rows, format_stat
+import numpy as np
+
+from denoiserep.engine.report import (
+    arm_label,
+    fusion_rows,
+    metric_table,
+    robustness_section,
+    status_line,
+    write_figures,
+    write_json,
+)
 
 METRICS = (("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))
 PROTOCOL_NOTES = {
@@ -18,15 +27,7 @@ PROTOCOL_NOTES = {
 
 def markdown_table(report: dict[str, Any]) -> str:
     """Per arm: mAP, Rank-1/5/10, mINP (%, mean ± std over seeds), then the fusion checks."""
-    summary = report["summary"]
-    header = [label for _, label in METRICS] + ["mINP"]
-    lines = [
-        "| arm | " + " | ".join(header) + " |",
-        "| --- |" + " --- |" * len(header),
-    ]
-    for arm, stats in summary.items():
-        cells = [format_stat(stats[key]) for key, _ in METRICS] + [format_stat(stats["mINP"])]
-        lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
+    lines = metric_table(report, {**dict(METRICS), "mINP": "mINP"})
     data = report["dataset"]
     protocol = report["protocol"]
     lines += [
@@ -34,21 +35,20 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Protocol: {protocol} ({PROTOCOL_NOTES[protocol]}). Dataset: {data['name']} "
         f"({data['train_ids']} train ids, {data['train_images']} train / "
         f"{data['query_images']} query / {data['gallery_images']} gallery images). "
-        f"Seeds: {len(report['per_seed'])}. Device: {report['device']}.",
+        + status_line(report),
+        *fusion_rows(report, "feature"),
+        *robustness_section(report, "mAP"),
     ]
-    if "denoiserep" in summary:
-        dr_stats = summary["denoiserep"]
-        diff = max(dr_stats["max_abs_diff_fused_unfused"]["values"])
-        change = max(dr_stats["max_abs_change_from_baseline"]["values"])
-        lines += [
-            "",
-            "| fusion check | value |",
-            "| --- | --- |",
-            f"| max abs(fused - unfused) feature difference | {diff:.3g} |",
-            f"| max abs change of backbone/head weights from the baseline | {change:.3g} |",
-            *cost_rows(report),
-        ]
     return "\n".join(lines) + "\n"
+
+
+def mean_cmc(report: dict[str, Any]) -> dict[str, list[float]]:
+    """Per arm, the CMC curve averaged over the seeds that have it."""
+    curves: dict[str, list] = {}
+    for per_arm in report["curves"].values():
+        for arm, c in per_arm.items():
+            curves.setdefault(arm, []).append(c["cmc"])
+    return {arm: np.mean(c, axis=0).tolist() for arm, c in curves.items()}
 
 
 def plot_cmc(report: dict[str, Any], path: Path) -> None:
@@ -62,7 +62,7 @@ def plot_cmc(report: dict[str, Any], path: Path) -> None:
     for arm, curve in report["cmc"].items():
         m_ap = report["summary"][arm]["mAP"]["mean"]
         ranks = range(1, len(curve) + 1)
-        ax.plot(ranks, curve, marker=".", ms=3, label=f"{ARM_LABELS[arm]}, mAP {m_ap:.1f}")
+        ax.plot(ranks, curve, marker=".", ms=3, label=f"{arm_label(arm)}, mAP {m_ap:.1f}")
     ax.set(
         xlabel="rank",
         ylabel="matching rate (%)",
@@ -78,6 +78,8 @@ def plot_cmc(report: dict[str, Any], path: Path) -> None:
 
 def write_reports(report: dict[str, Any], out: Path) -> None:
     """results.json, results.md and cmc.png under ``out``."""
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    report["cmc"] = mean_cmc(report)
+    write_json(report, out)
     (out / "results.md").write_text(markdown_table(report))
     plot_cmc(report, out / "cmc.png")
+    write_figures(report, out, "mAP")

@@ -13,7 +13,6 @@ with ``all_gather_cat``; every rank then holds all features and computes the sam
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from denoiserep.classification.task import pad_crop_flip
+from denoiserep.data.augment import pad_crop_flip, random_erasing
 from denoiserep.data.images import load_image
 from denoiserep.engine import dist
 
@@ -83,40 +82,6 @@ class ReIDImageDataset(Dataset):
         unlabelled.pids = np.full_like(self.pids, UNLABELLED)
         unlabelled.camids = np.full_like(self.camids, UNLABELLED)
         return unlabelled
-
-
-def random_erasing(
-    x: torch.Tensor,
-    generator: torch.Generator,
-    prob: float = 0.5,
-    area: tuple[float, float] = (0.02, 0.4),
-    min_aspect: float = 0.3,
-) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2020), one rectangle per image with probability ``prob``.
-
-    The rectangle covers a fraction of the image uniform in ``area`` with a log-uniform
-    aspect ratio in [min_aspect, 1 / min_aspect] (torchvision's sampling); sides are clipped
-    to the image instead of resampled. It is filled with 0, the mean of normalised pixels.
-    """
-    n, _, h, w = x.shape
-    erase = torch.rand(n, generator=generator) < prob
-    target = h * w * torch.empty(n).uniform_(area[0], area[1], generator=generator)
-    log_ratio = math.log(min_aspect)
-    aspect = torch.empty(n).uniform_(log_ratio, -log_ratio, generator=generator).exp()
-    eh = (target * aspect).sqrt().round().clamp(1, h)
-    ew = (target / aspect).sqrt().round().clamp(1, w)
-    top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
-    left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
-    rows = torch.arange(h)[None, :, None]
-    cols = torch.arange(w)[None, None, :]
-    inside = (
-        (rows >= top[:, None, None])
-        & (rows < (top + eh)[:, None, None])
-        & (cols >= left[:, None, None])
-        & (cols < (left + ew)[:, None, None])
-    )
-    mask = (inside & erase[:, None, None])[:, None].to(x.device)
-    return x.masked_fill(mask, 0.0)
 
 
 def pairwise_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
