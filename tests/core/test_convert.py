@@ -144,12 +144,66 @@ def test_frozen_parameters_stay_frozen():
     assert dr.fuse(model).conv.weight.requires_grad
 
 
-def test_loss_kinds_and_fraction():
-    x = example()
-    for loss in ("mse", "l1", "l1+l2"):
-        model = converted(loss=loss, loss_fraction=0.5).train()
+def _forward_recording_loss_inputs(model, x, monkeypatch):
+    """Run ``model(x)``; return each layer's input and the (clean tokens, noise) it drew."""
+    import denoiserep.core.layer as layer_module
+
+    inputs, drawn = {}, []
+    real_randn_like = torch.randn_like
+
+    def recording(x0, *args, **kwargs):
+        eps = real_randn_like(x0, *args, **kwargs)
+        drawn.append((x0.clone(), eps))
+        return eps
+
+    def hook_for(name):
+        return lambda module, args: inputs.__setitem__(name, args[0].detach())
+
+    handles = [
+        m.register_forward_pre_hook(hook_for(n)) for n, m in dr.denoise_layers(model).items()
+    ]
+    monkeypatch.setattr(layer_module.torch, "randn_like", recording)
+    try:
         model(x)
-        assert torch.isfinite(dr.denoise_loss(model))
+    finally:
+        monkeypatch.setattr(layer_module.torch, "randn_like", real_randn_like)
+        for h in handles:
+            h.remove()
+    return inputs, drawn
+
+
+def test_loss_kinds_and_fraction(monkeypatch):
+    # Values from an independent computation: each layer's input is captured by a pre-hook,
+    # the clean tokens and the noise the layer drew are recorded, and the loss is recomputed
+    # in float64 from DESIGN.md section 2 (x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps,
+    # residual D x_t - eps, D[j, i] mapping channel i to channel j).
+    x = example()
+    for loss, fraction in (("mse", 0.5), ("l1", 0.5), ("l1+l2", 0.5), ("mse", 1.0)):
+        model = converted(loss=loss, loss_fraction=fraction).train()
+        layers = dr.denoise_layers(model)
+        inputs, drawn = _forward_recording_loss_inputs(model, x, monkeypatch)
+        # 16 conv pixels (4 images x 2 x 2), 4 tokens for each Linear (batch of 4)
+        tokens = {"conv": 16, "block.fc1": 4, "block.fc2": 4, "head": 4}
+        expected_total = 0.0
+        assert len(drawn) == len(layers) == 4
+        for (name, layer), (x0, eps) in zip(layers.items(), drawn, strict=True):
+            inp = inputs[name]
+            c = layer.D.shape[0]
+            rows = inp.movedim(1, -1).reshape(-1, c) if name == "conv" else inp.reshape(-1, c)
+            assert rows.shape[0] == tokens[name]
+            assert x0.shape == (round(fraction * tokens[name]), c), name
+            assert (x0[:, None] == rows[None]).all(-1).any(-1).all(), name
+            abar = torch.prod(1 - layer.schedule.betas[: layer.t]).item()
+            x_t = abar**0.5 * x0.double() + (1 - abar) ** 0.5 * eps.double()
+            r = x_t @ layer.D.detach().double().T - eps.double()
+            value = {
+                "mse": (r**2).mean(),
+                "l1": r.abs().mean(),
+                "l1+l2": r.abs().mean() + (r**2).mean(),
+            }[loss]
+            assert layer.last_loss.item() == pytest.approx(value.item(), rel=1e-5), (loss, name)
+            expected_total += value.item()
+        assert dr.denoise_loss(model).item() == pytest.approx(expected_total, rel=1e-5)
     model = converted(loss_weight=0.5).train()
     model(x)
     torch.testing.assert_close(dr.denoise_loss(model, weighted=True), 0.5 * dr.denoise_loss(model))
