@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from denoiserep.data.augment import pad_crop_flip
+from denoiserep.data.augment import BatchRows, pad_crop_flip
 from denoiserep.engine import dist
 
 
@@ -25,9 +25,11 @@ class ClassificationTask:
         x, y = batch
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def augment(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(
+        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        return pad_crop_flip(x, generator, self.pad, self.flip), y
+        return pad_crop_flip(x, generator, self.pad, self.flip, rows), y
 
     def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
         return model(batch[0])

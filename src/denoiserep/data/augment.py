@@ -1,26 +1,55 @@
-"""Batch augmentations shared by the tasks, drawn from an explicit generator (reproducible)."""
+"""Batch augmentations shared by the tasks, drawn from an explicit generator (reproducible).
+
+Under ``torchrun`` each rank holds some rows of the global batch. Passing ``rows`` (their
+positions in it and its size) makes every rank draw the random numbers of the whole global
+batch from the shared generator and keep its own rows, so a 2-process run augments each image
+exactly as the 1-process run does.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
 
+class BatchRows(NamedTuple):
+    """Where a rank's batch sits in the global batch: row positions and the global size."""
+
+    index: torch.Tensor
+    total: int
+
+
+def _draw_rows(n: int, rows: BatchRows | None) -> tuple[int, torch.Tensor | None]:
+    if rows is None:
+        return n, None
+    if len(rows.index) != n:
+        raise ValueError(f"{len(rows.index)} row positions for a batch of {n}")
+    return rows.total, rows.index
+
+
 def pad_crop_flip(
-    x: torch.Tensor, generator: torch.Generator, pad: int = 0, flip: bool = False
+    x: torch.Tensor,
+    generator: torch.Generator,
+    pad: int = 0,
+    flip: bool = False,
+    rows: BatchRows | None = None,
 ) -> torch.Tensor:
     """Random translation (zero-pad by ``pad``, crop back) and horizontal flip, per image."""
     n, _, h, w = x.shape
+    draw, keep = _draw_rows(n, rows)
     if pad:
         padded = F.pad(x, (pad, pad, pad, pad))
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
+        offsets = torch.randint(0, 2 * pad + 1, (draw, 2), generator=generator)
+        offsets = (offsets if keep is None else offsets[keep]).tolist()
         x = torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(offsets)])
     if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        mask = torch.rand(draw, generator=generator) < 0.5
+        mask = (mask if keep is None else mask[keep]).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -31,6 +60,7 @@ def random_erasing(
     prob: float = 0.5,
     area: tuple[float, float] = (0.02, 0.4),
     min_aspect: float = 0.3,
+    rows: BatchRows | None = None,
 ) -> torch.Tensor:
     """Random erasing (Zhong et al. 2020), one rectangle per image with probability ``prob``.
 
@@ -39,6 +69,7 @@ def random_erasing(
     to the image instead of resampled. It is filled with 0, the mean of normalised pixels.
     """
     n, _, h, w = x.shape
+    n, keep = _draw_rows(n, rows)
     erase = torch.rand(n, generator=generator) < prob
     target = h * w * torch.empty(n).uniform_(area[0], area[1], generator=generator)
     log_ratio = math.log(min_aspect)
@@ -55,7 +86,8 @@ def random_erasing(
         & (cols >= left[:, None, None])
         & (cols < (left + ew)[:, None, None])
     )
-    mask = (inside & erase[:, None, None])[:, None].to(x.device)
+    mask = (inside & erase[:, None, None])[:, None]
+    mask = (mask if keep is None else mask[keep]).to(x.device)
     return x.masked_fill(mask, 0.0)
 
 

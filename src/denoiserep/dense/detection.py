@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import denoiserep as dr
+from denoiserep.data.augment import BatchRows
 from denoiserep.engine import dist
 from denoiserep.engine.arms import ArmsConfig
 from denoiserep.engine.config import to_dict
@@ -145,10 +146,14 @@ class DetectionTask:
         ]
         return [im.to(device) for im in images], moved
 
-    def augment(self, batch: Any, generator: torch.Generator) -> tuple[list, list]:
+    def augment(
+        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> tuple[list, list]:
         if not self.flip:
             return batch
-        flips = (torch.rand(len(batch[0]), generator=generator) < 0.5).tolist()
+        n = len(batch[0])
+        flips = torch.rand(n if rows is None else rows.total, generator=generator) < 0.5
+        flips = (flips if rows is None else flips[rows.index]).tolist()
         pairs = [hflip(im, t) if f else (im, t) for im, t, f in zip(*batch, flips, strict=True)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import denoiserep as dr
+from denoiserep.data.augment import BatchRows
 from denoiserep.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from denoiserep.engine import dist
 from denoiserep.engine.arms import ArmsConfig
@@ -126,10 +127,14 @@ class SegmentationTask:
         images, masks = batch
         return [im.to(device) for im in images], [m.to(device) for m in masks]
 
-    def augment(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(
+        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(batch[0])
+        seeds = torch.randint(2**62, (n if rows is None else rows.total,), generator=generator)
+        seeds = seeds if rows is None else seeds[rows.index]
         pairs = []
-        for image, mask in zip(*batch, strict=True):
-            seed = int(torch.randint(2**62, (), generator=generator))
+        for image, mask, seed in zip(*batch, seeds.tolist(), strict=True):
             with torch.random.fork_rng(devices=[]):  # JointRandomTransform draws from torch's RNG
                 torch.manual_seed(seed)
                 pairs.append(self.transform(image, mask))

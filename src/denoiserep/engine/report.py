@@ -137,10 +137,14 @@ def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
     from .robustness import robustness_table, summarize_robustness
 
     seeds = len(report["robustness"])
+    first = next(iter(next(iter(report["robustness"].values())).values()))["config"]
+    severities = ", ".join(str(s) for s in first["severities"])
+    images = first.get("max_images") or "all"
     return [
         "",
-        f"Robustness ({metric}, mean over {seeds} seed(s); corruptions at severities "
-        "1-5, feature noise sigma relative to each target layer's input std):",
+        f"Robustness ({metric}, mean over {seeds} seed(s), {images} test images; ImageNet-C "
+        f"corruptions ({first['table']} parameters) at severities {severities}; feature noise "
+        "sigma relative to each target layer's input std, the same noise for every arm):",
         "",
         robustness_table(summarize_robustness(per_arm, metric)).rstrip("\n"),
     ]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 import denoiserep as dr
+from denoiserep.data.augment import BatchRows
 
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -82,7 +83,9 @@ class Task(Protocol):
 
     def to_device(self, batch: Any, device: torch.device) -> Any: ...
 
-    def augment(self, batch: Any, generator: torch.Generator) -> Any: ...
+    def augment(
+        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> Any: ...
 
     def forward(self, model: nn.Module, batch: Any) -> Any: ...
 
@@ -153,6 +156,12 @@ def fit(
         collate_fn=collate_fn,
     )
     steps_per_epoch = len(loader)
+    # Under torchrun with the default sampler, rank r's j-th item is row j * world + r of the
+    # 1-process batch: augmentation draws for the global batch and keeps those rows.
+    rows = None
+    if world > 1 and isinstance(sampler, DistributedSampler):
+        local = cfg.batch_size // world
+        rows = BatchRows(torch.arange(local) * world + rank, cfg.batch_size)
     if cfg.epochs and steps_per_epoch == 0:
         raise ValueError(f"{tag}: {len(dataset)} training items give no batch of {cfg.batch_size}")
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
@@ -203,7 +212,8 @@ def fit(
                 continue
             torch.manual_seed(_mix(seed, epoch, step, rank))
             generator = torch.Generator().manual_seed(_mix(seed, epoch, step, 1 << 20))
-            batch = task.augment(task.to_device(batch, device), generator)
+            batch = task.to_device(batch, device)
+            batch = task.augment(batch, generator, rows) if rows else task.augment(batch, generator)
             with _autocast(device, cfg.amp):
                 output = task.forward(runner, batch)
                 if phase == "denoiser":

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from denoiserep.data.augment import pad_crop_flip, random_erasing
+from denoiserep.data.augment import BatchRows, pad_crop_flip, random_erasing
 from denoiserep.data.images import load_image
 from denoiserep.engine import dist
 
@@ -143,11 +143,13 @@ class ReIDTask:
     def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(device, non_blocking=True) for t in batch)
 
-    def augment(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def augment(
+        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> tuple[torch.Tensor, ...]:
         x, *labels = batch
-        x = pad_crop_flip(x, generator, self.pad, self.flip)
+        x = pad_crop_flip(x, generator, self.pad, self.flip, rows)
         if self.erasing > 0:
-            x = random_erasing(x, generator, self.erasing)
+            x = random_erasing(x, generator, self.erasing, rows=rows)
         return (x, *labels)
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
