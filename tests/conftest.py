@@ -11,7 +11,7 @@ from torch import nn
 
 
 def reference_reverse_matrix(layer, dtype=torch.float64) -> torch.Tensor:
-    """Dense A_t = (I - k_t D) / sqrt(alpha_t), built from DESIGN.md section 2 directly."""
+    """Dense A_t = (I - k_t D) / sqrt(alpha_t), built from docs/method.md directly."""
     betas = layer.schedule.betas.to(torch.float64)
     t = layer.t
     beta = betas[t - 1].item()

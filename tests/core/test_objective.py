@@ -1,4 +1,4 @@
-"""The noise-prediction objective against an independent derivation (DESIGN.md section 2).
+"""The noise-prediction objective against an independent derivation (docs/method.md).
 
 Derivation of the optimum. Let x be a zero-mean token (a column of C channels) with covariance
 Sigma, eps ~ N(0, I) independent of x, and x_t = a x + b eps with a = sqrt(abar_t),

@@ -252,7 +252,7 @@ def denoise_layers(model: nn.Module) -> dict[str, DenoiseLayer]:
 
 
 def set_phase(model: nn.Module, phase: str) -> None:
-    """Choose what trains (DESIGN.md section 3).
+    """Choose what trains (docs/method.md, "Phases").
 
     ``denoiser``: only the denoisers (label-free; the forward uses the original weights).
     ``backbone``: everything but the denoisers (forward through the fused weights).
@@ -289,17 +289,19 @@ def denoise_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.last_loss for n, m in denoise_layers(model).items() if m.last_loss is not None}
 
 
-def denoise_loss(model: nn.Module, weighted: bool = False) -> torch.Tensor:
-    """Sum of the noise-prediction losses of the last training forward (times lambda if weighted).
+def denoise_loss(model: nn.Module) -> torch.Tensor:
+    """Sum of the noise-prediction losses of the last training forward (unweighted).
 
-    Zero when the last forward computed none (eval mode, or phase ``backbone``).
+    The training loss is ``task_loss + config_of(model).loss_weight * denoise_loss(model)``:
+    lambda lives in the model's DenoiseConfig only. Zero (a float32 scalar without gradient)
+    when the last forward computed none (before any forward, eval mode, phase ``backbone``).
     """
     losses = list(denoise_losses(model).values())
     if not losses:
         p = next(unwrap(model).parameters())
         return torch.zeros((), device=p.device)
     total = torch.stack([loss.float() for loss in losses]).sum()
-    return total * _state(model).config.loss_weight if weighted else total
+    return total
 
 
 def train_frozen_backbone(model: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""The mathematics of DenoiseRep's fusion, as pure tensor functions (DESIGN.md section 2).
+"""The mathematics of DenoiseRep's fusion, as pure tensor functions (docs/method.md).
 
 A denoiser ``D`` of a layer with ``C_in`` input channels and ``g`` groups is stored compactly with
 shape ``(C_in, C_in // g)``: rows ``m*cg .. (m+1)*cg`` hold group m's ``cg x cg`` block, and

@@ -118,27 +118,22 @@ def fit(
     collate_fn: Callable[[list], Any] | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     tag: str = "train",
-    loss_weight: float | None = None,
     progress: bool = True,
     resume: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.epochs`` and return the per-epoch history.
 
     A converted model trains under the phase schedule of ``cfg`` with
-    loss = task loss + lambda * noise-prediction loss (lambda from its DenoiseConfig unless
-    ``loss_weight`` is given); in phase ``denoiser`` the task loss is not computed and no
-    label is read. Only rank 0 writes checkpoints and logs under ``out_dir``.
+    loss = task loss + lambda * noise-prediction loss (lambda: its DenoiseConfig's
+    ``loss_weight``, the one place it is set); in phase ``denoiser`` the task loss is not
+    computed and no label is read. Only rank 0 writes checkpoints and logs under ``out_dir``.
     """
     out_dir = Path(out_dir)
     device = next(model.parameters()).device
     converted = dr.is_converted(model)
     if cfg.phases != "none" and not converted:
         raise ValueError(f"{tag}: phases={cfg.phases!r} needs a model converted with DenoiseRep")
-    lam = (
-        (loss_weight if loss_weight is not None else dr.config_of(model).loss_weight)
-        if (converted)
-        else 0.0
-    )
+    lam = dr.config_of(model).loss_weight if converted else 0.0
     world, rank = dist.world_size(), dist.rank()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
