@@ -12,6 +12,9 @@ TINY = [
     "finetune.epochs=2",
     "finetune.denoiser_epochs=0",
     "seeds=[0, 1]",
+    "robustness.corruptions=[gaussian_noise, contrast]",
+    "robustness.severities=[1, 5]",
+    "robustness.feature_sigmas=[0.5]",
 ]
 
 
@@ -31,6 +34,18 @@ def test_protocol_all_arms_and_report(tmp_path, capsys):
     assert len(report["strength"]) == 6  # patch embed, qkv, proj, fc1, fc2, head
     assert (out / "results.md").read_text().startswith("| arm |")
     assert (out / "curves.png").stat().st_size > 10_000
+    # the demo's robustness evaluation: every arm, every condition, summarised per seed
+    for arm in ("baseline", "control", "denoiserep"):
+        res = report["robustness"]["0"][arm]
+        assert set(res["corruptions"]) == {"gaussian_noise", "contrast"}
+        assert set(res["corruptions"]["contrast"]) == {"1", "5"}
+        assert res["corruptions"]["contrast"]["5"]["acc1"] < res["clean"]["acc1"]
+        assert {"mCA", "mFA", "feature_noise_0.5"} <= set(report["summary"][arm])
+    assert report["summary"]["baseline"]["mCE"]["mean"] == 100.0
+    assert "mCA" in (out / "results.md").read_text()
+    assert (out / "robustness.png").stat().st_size > 10_000
+    assert (out / "spectrum_denoiserep.png").stat().st_size > 10_000
+    assert len(report["spectrum"]["denoiserep"]) == 6
     assert list((out / "seed0" / "denoiserep" / "tb").glob("events.out.tfevents*"))
     printed = capsys.readouterr().out
     assert "DenoiseRep (fused)" in printed and "max abs(fused - unfused)" in printed

@@ -14,6 +14,7 @@ from denoiserep.engine import arms
 from denoiserep.engine.rebuild import rebuild_report
 
 TINY = [
+    "robustness.enabled=false",
     "model.kwargs={img_size: 8, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}",
     "baseline.epochs=1",
     "finetune.epochs=1",

@@ -42,6 +42,7 @@ sys.exit(main(sys.argv[1:]))
 
 # 44 steps per epoch (1437 digits, batch 32); phases: denoiser, backbone, denoiser
 ARGS = [
+    "robustness.enabled=false",
     "--config",
     "digits_demo.yaml",
     "--no-progress",

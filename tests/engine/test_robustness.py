@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from denoiserep.cli import main
 
 TINY = [
+    "robustness.enabled=false",
     "--no-progress",
     "model.kwargs={img_size: 8, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}",
     "baseline.epochs=8",

@@ -201,6 +201,7 @@ def test_real_pipeline_failed_overwrite_keeps_the_run(tmp_path, capsys):
         "finetune.epochs=2",
         "finetune.denoiser_epochs=0",
         "arms=[denoiserep]",
+        "robustness.enabled=false",
     ]
     assert main(["demo", "--output", str(out), *tiny]) == 0
     capsys.readouterr()

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 # deterministic arms: no augmentation randomness, DenoiseRep arm in the `backbone` phase
 ARGS = [
+    "robustness.enabled=false",
     "--no-progress",
     "model.kwargs={img_size: 8, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}",
     "baseline.epochs=1",

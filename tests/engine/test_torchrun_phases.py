@@ -49,6 +49,7 @@ sys.exit(main(sys.argv[2:]))
 '''
 
 ARGS = [
+    "robustness.enabled=false",
     "--config",
     "digits_demo.yaml",
     "--no-progress",

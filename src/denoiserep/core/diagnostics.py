@@ -51,7 +51,9 @@ def denoising_strength(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-def _outputs(model: nn.Module, x: Any) -> list[torch.Tensor]:
+def tensor_outputs(model: nn.Module, x: Any) -> list[torch.Tensor]:
+    """The tensors a model returns for ``x`` (a tensor, a dict or sequence of them, or a
+    Hugging Face output object's ``logits``)."""
     out = model(**x) if isinstance(x, dict) else model(x)
     if isinstance(out, torch.Tensor):
         return [out]
@@ -77,7 +79,7 @@ def fused_vs_unfused(
     Unfused is the converted model with :func:`explicit_denoising`. Train/eval modes of both
     models are restored afterwards.
     """
-    features = features or _outputs
+    features = features or tensor_outputs
     modes = converted.training, fused.training
     converted.eval()
     fused.eval()

@@ -100,7 +100,7 @@ class Variant:
 
 
 class ArmsTask:
-    """What a task brings to :func:`run_arms`. Subclasses set the attributes in ``__init__``.
+    """What a task brings to :func:`start_run`. Subclasses set the attributes in ``__init__``.
 
     ``probe`` is a small batch the model accepts (``model(probe)``, or ``model(**probe)`` for
     a dict): it orders the layers for ``dr.convert`` (``convert_input``, default ``probe``),
@@ -112,6 +112,7 @@ class ArmsTask:
     probe: Any
     device: torch.device
     image_stats: tuple[Any, Any] | None = None  # (mean, std) the images are normalised with
+    robustness_metric: str = ""  # the metric robustness summaries compare (e.g. "acc1")
 
     @property
     def convert_input(self) -> Any:
@@ -126,9 +127,9 @@ class ArmsTask:
 
     def features(self, model: nn.Module, probe: Any) -> list[torch.Tensor]:
         """Outputs compared by the fusion check (default: the model's tensor outputs)."""
-        from denoiserep.core.diagnostics import _outputs
+        from denoiserep.core.diagnostics import tensor_outputs
 
-        return _outputs(model, probe)
+        return tensor_outputs(model, probe)
 
     def fit_options(self, arm: str, train: TrainConfig, seed: int) -> dict[str, Any]:
         """Keyword arguments of :func:`~denoiserep.engine.trainer.fit` for one arm: e.g.
@@ -141,8 +142,6 @@ class ArmsTask:
 
     def arm_done(self, seed: int, arm: str, model: nn.Module) -> None:
         """Called with each evaluated model (the fused one for DenoiseRep arms)."""
-
-    robustness_metric: str = ""
 
     def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
         """Metrics under a robustness condition (see ``engine.robustness.Condition``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,6 +93,41 @@ class Task(Protocol):
     def loss(self, output: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
+class Throughput:
+    """Images per second of training, and the share of time spent waiting for the loader.
+
+    A high ``data_wait_pct`` means the GPU is starved: raise the loader's ``workers``.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.steps, self.wait, self.busy = 0, 0.0, 0.0
+        self._mark = time.perf_counter()
+
+    def arrived(self) -> None:
+        now = time.perf_counter()
+        if self.steps or self.busy:  # the first batch of an epoch includes worker start-up
+            self.wait += now - self._mark
+        self._mark = now
+
+    def done(self) -> None:
+        now = time.perf_counter()
+        self.busy += now - self._mark
+        self.steps += 1
+        self._mark = now
+
+    def summary(self) -> dict[str, float]:
+        total = self.wait + self.busy
+        return {
+            "images_per_s": self.steps * self.batch_size / max(total, 1e-9),
+            "data_wait_pct": 100.0 * self.wait / max(total, 1e-9),
+        }
+
+    def postfix(self) -> dict[str, str]:
+        s = self.summary()
+        return {"img/s": f"{s['images_per_s']:.0f}", "wait": f"{s['data_wait_pct']:.0f}%"}
+
+
 def _mix(*values: int) -> int:
     h = 0x9E3779B97F4A7C15
     for v in values:
@@ -148,6 +184,7 @@ def fit(
         drop_last=True,
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda",
         collate_fn=collate_fn,
     )
     steps_per_epoch = len(loader)
@@ -202,9 +239,11 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         sums = state["sums"] if state["step"] else {}
+        speed = Throughput(cfg.batch_size)
         for step, batch in enumerate(loader):
             if step < state["step"]:
                 continue
+            speed.arrived()
             torch.manual_seed(_mix(seed, epoch, step, rank))
             generator = torch.Generator().manual_seed(_mix(seed, epoch, step, 1 << 20))
             batch = task.to_device(batch, device)
@@ -239,11 +278,19 @@ def fit(
             sums["n"] = sums.get("n", 0) + 1
             state.update(step=step + 1, global_step=state["global_step"] + 1, sums=sums)
             bar.update(1)
+            speed.done()
             bar.set_postfix(
-                epoch=epoch + 1, phase=phase or "-", loss=f"{logs['loss']:.4f}", refresh=False
+                epoch=epoch + 1,
+                phase=phase or "-",
+                loss=f"{logs['loss']:.4f}",
+                **speed.postfix(),
+                refresh=False,
             )
             if cfg.ckpt_every and state["global_step"] % cfg.ckpt_every == 0:
                 checkpoint()
+        if writer is not None and speed.steps:
+            for k, v in speed.summary().items():  # timings: logged, kept out of the history
+                writer.add_scalar(f"{tag}/{k}", v, epoch + 1)
         n = sums.pop("n", 1)
         totals = dist.all_reduce_sum(
             torch.tensor([sums[k] for k in sorted(sums)] + [n], dtype=torch.float64)

@@ -35,6 +35,7 @@ from denoiserep.engine.arms import ArmsConfig, ArmsTask, start_run
 from denoiserep.engine.config import from_dict, to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.trainer import TrainConfig
+from denoiserep.models import preprocessing
 
 from .datasets import ReIDDataset, build_reid_dataset, merge_datasets
 from .model import NECK_FEATS, build_reid_model
@@ -70,13 +71,19 @@ class SourceConfig:
 
 @dataclass
 class DataConfig(SourceConfig):
-    """The target dataset, the image pipeline and the P x K batch layout."""
+    """The target dataset, the image pipeline and the P x K batch layout.
+
+    ``mean`` / ``std`` (None): the pretrained weights' statistics when the model loads weights
+    (``model.pretrained`` / ``model.checkpoint``), ImageNet's otherwise. Training follows the
+    BoT recipe: resize to ``height`` x ``width``, pad ``pad`` + random crop, flip, random
+    erasing with probability ``erasing``.
+    """
 
     merge_with: list[dict[str, Any]] = field(default_factory=list)
     height: int = 256
     width: int = 128
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] | None = None
+    std: list[float] | None = None
     preload: bool = False
     pad: int = 10
     flip: bool = True
@@ -93,7 +100,9 @@ class DataConfig(SourceConfig):
             raise ValueError("height, width and num_instances must be >= 1")
         if not 0.0 <= self.erasing <= 1.0:
             raise ValueError(f"erasing is a probability in [0, 1], got {self.erasing}")
-        if len(self.mean) != len(self.std):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set both mean and std, or neither (then they follow the weights)")
+        if self.mean is not None and len(self.mean) != len(self.std):
             raise ValueError(f"mean and std need equal lengths, got {self.mean}, {self.std}")
 
     def sources(self) -> list[SourceConfig]:
@@ -206,6 +215,16 @@ def load_source(src: SourceConfig) -> ReIDDataset:
     return build_reid_dataset(src.name, root, **src.options)
 
 
+def image_statistics(cfg: ReIDConfig, model: nn.Module) -> tuple[list[float], list[float]]:
+    """(mean, std) of the image pipeline: the config's, else the weights', else ImageNet's."""
+    if cfg.data.mean is not None:
+        return list(cfg.data.mean), list(cfg.data.std)
+    if cfg.model.pretrained or cfg.model.checkpoint:
+        pre = preprocessing(model.backbone)
+        return list(pre["mean"]), list(pre["std"])
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
 class ReIDArms(ArmsTask):
     """Data, model and evaluation of a re-ID run; the DenoiseRep arm's data follows the protocol."""
 
@@ -213,6 +232,8 @@ class ReIDArms(ArmsTask):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.target = load_source(cfg.data)
+        model = self.build_model()  # a wrong name or weights file fails here, before any folder
+        self.image_stats = image_statistics(cfg, model)
         self.train_set = self._images(self.target.train)
         self.query_set = self._images(self.target.query)
         self.gallery_set = self._images(self.target.gallery)
@@ -232,7 +253,6 @@ class ReIDArms(ArmsTask):
             data.flip,
             data.erasing,
         )
-        self.image_stats = (data.mean, data.std)
         n = min(64, len(self.query_set))
         self.probe = torch.stack([self.query_set[i][0] for i in range(n)]).to(self.device)
 
@@ -242,7 +262,8 @@ class ReIDArms(ArmsTask):
 
     def _images(self, items: list) -> ReIDImageDataset:
         d = self.cfg.data
-        return ReIDImageDataset(items, (d.height, d.width), d.mean, d.std, d.preload)
+        mean, std = self.image_stats
+        return ReIDImageDataset(items, (d.height, d.width), mean, std, d.preload)
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -330,12 +351,12 @@ def run_reid(cfg: ReIDConfig, overwrite: bool = False, progress: bool = True) ->
     from .report import write_reports
 
     task = ReIDArms(cfg)
-    task.build_model()  # a wrong name or weights file fails here, before any folder
     header = {
         "task": TASK,
         "config": to_dict(cfg),
         "protocol": cfg.protocol,
         "dataset": task.dataset_summary(),
+        "preprocessing": {"mean": task.image_stats[0], "std": task.image_stats[1]},
     }
     weights = bool(cfg.model.pretrained or cfg.model.checkpoint)
     return start_run(cfg, task, cfg, header, write_reports, overwrite, progress, None, weights)

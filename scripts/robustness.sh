@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The robustness study behind README's "Robustness" section (2 CPU cores, one thread per job).
+# Needs the Debian package dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run() { echo "== $*"; OMP_NUM_THREADS=1 /usr/bin/time -f "wall %e s" .venv/bin/denoiserep "$@" --no-progress; }
+run ablate --config robust_fashion_vit.yaml &
+run ablate --config robust_fashion_resnet.yaml &
+wait
+run reid --config reid_fashion.yaml --output runs/robust_reid robustness.enabled=true \
+    robustness.severities=[1,3,5] finetune.phases=joint
