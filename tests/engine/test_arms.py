@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import denoiserep
 from denoiserep.cli import main
@@ -90,3 +91,43 @@ def test_modules_stay_small():
     sizes = {p.relative_to(SRC): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
     big = {str(p): n for p, n in sizes.items() if n > 420}
     assert not big, f"modules over ~400 lines: {big}"
+
+
+def test_start_from_a_checkpoint_with_baseline_epochs_zero(tmp_path, capsys, caplog):
+    """model.checkpoint through the CLI: the loaded weights are the baseline, bit for bit; a
+    head of another class count is re-initialised with one line."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    assert main(["demo", "--no-progress", "--output", str(first), *TINY, "seeds=[0]"]) == 0
+    weights = first / "seed0" / "baseline" / "model.safetensors"
+    accuracy = json.loads((first / "results.json").read_text())["per_seed"]["0"]["baseline"]
+    again = tmp_path / "again"
+    args = ["classify", "--config", "digits_demo.yaml", "--no-progress", "--output", str(again)]
+    args += [*TINY[:2], "baseline.epochs=0", "arms=[]", f"model.checkpoint={weights}"]
+    assert main(args) == 0
+    report = json.loads((again / "results.json").read_text())
+    assert report["per_seed"]["0"]["baseline"]["acc1"] == accuracy["acc1"]
+    saved, loaded = (
+        load_file(weights),
+        load_file(again / "seed0" / "baseline" / "model.safetensors"),
+    )
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+    caplog.clear()
+    subset = tmp_path / "subset"
+    args[args.index(str(again))] = str(subset)
+    assert main([*args, "data.options={subset: [0, 1, 2]}"]) == 0
+    heads = [r.getMessage() for r in caplog.records if "head" in r.getMessage()]
+    assert len(heads) == 1, heads
+
+
+def test_old_run_folder_is_refused_clearly(tmp_path, capsys):
+    out = tmp_path / "old"
+    (out / "seed0" / "baseline" / "checkpoints").mkdir(parents=True)
+    (out / "config.yaml").write_text("output: old\nseeds: [0]\n")  # an earlier version's run
+    assert main(["demo", "--no-progress", "--output", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different run" in err and "--overwrite" in err
+    assert (out / "config.yaml").read_text() == "output: old\nseeds: [0]\n"

@@ -210,3 +210,24 @@ def test_two_process_evaluation_gathers_every_feature(tmp_path, capsys):
             expected = one["summary"][arm][metric]["mean"]
             assert two["summary"][arm][metric]["mean"] == pytest.approx(expected, abs=1e-6)
         assert two["cmc"][arm] == pytest.approx(one["cmc"][arm], abs=1e-6)
+
+
+def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
+    root = write_market(tmp_path / "market")
+    _, report, printed = run(
+        tmp_path,
+        capsys,
+        f"data.root={root}",
+        "robustness.enabled=true",
+        "robustness.corruptions=[impulse_noise]",
+        "robustness.severities=[5]",
+        "robustness.feature_sigmas=[0.5]",
+    )
+    for arm in ("baseline", "control", "denoiserep"):
+        res = report["robustness"]["0"][arm]
+        corrupted = res["corruptions"]["impulse_noise"]["5"]
+        assert METRICS <= set(corrupted) and {f"both/{m}" for m in METRICS} <= set(corrupted)
+        assert corrupted["mAP"] != res["clean"]["mAP"]  # the queries really changed
+        assert set(res["feature_noise"]) == {"0.5"}
+        assert res["clean"]["mAP"] == pytest.approx(report["per_seed"]["0"][arm]["mAP"])
+    assert "mCA" in printed

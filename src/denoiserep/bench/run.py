@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 import denoiserep as dr
 from denoiserep.engine.config import to_dict
+from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.runs import prepare_run_folder
 
 from .config import (
@@ -134,15 +135,6 @@ def bench_model(
             report["export"] = export_checks(name, variants["fused"], cfg, out)
     report["wall_s"] = time.perf_counter() - start
     return report
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def _environment(device: torch.device, threads: int) -> dict[str, Any]:

@@ -48,7 +48,8 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="test acc@1 (%)", title="test accuracy")
     for ax in axes[:2]:
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no trained arm yet: nothing to label
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if panels == 3:
         rows = report["strength"]

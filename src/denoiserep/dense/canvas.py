@@ -29,20 +29,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from denoiserep.data.constants import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT
 from denoiserep.data.idx import read_idx
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 _SOURCES = {"train": "train", "val": "t10k"}
 _ADE_SPLITS = {"train": "training", "val": "validation"}
 _MIN_BOX_SIDE = 3
@@ -176,7 +165,7 @@ def _coco_annotation(mask: np.ndarray, ann_id: int, image_id: int, label: int) -
 
 def build_fashion_canvas(
     out_root: str | os.PathLike,
-    fmnist_dir: str | os.PathLike = "/usr/share/datasets/fashion-mnist",
+    fmnist_dir: str | os.PathLike = FASHION_MNIST_ROOT,
     num_train: int = 2000,
     num_val: int = 500,
     canvas_size: int = 96,

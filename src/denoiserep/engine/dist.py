@@ -23,7 +23,12 @@ def init_distributed() -> torch.device:
 def resolve_device(name: str = "auto") -> torch.device:
     """Join ``torchrun``'s process group if any; ``auto`` is this rank's GPU or the CPU."""
     device = init_distributed()
-    return device if name == "auto" else torch.device(name)
+    if name == "auto":
+        return device
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
 
 
 def is_distributed() -> bool:

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from denoiserep.data.constants import IMAGENET_MEAN, IMAGENET_STD
+
 DEFAULTS = {
     "mean": IMAGENET_MEAN,
     "std": IMAGENET_STD,

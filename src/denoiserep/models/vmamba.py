@@ -28,6 +28,7 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from denoiserep.data.constants import IMAGENET_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from denoiserep.models.scan import selective_scan
 
 __all__ = [
@@ -337,10 +338,10 @@ _PRETRAINED_CFG = {  # timm's data config for ImageNet; there are no weights (em
     "num_classes": 1000,
     "input_size": (3, 224, 224),
     "pool_size": (7, 7),
-    "crop_pct": 0.875,
+    "crop_pct": IMAGENET_CROP_RATIO,
     "interpolation": "bicubic",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
     "first_conv": "patch_embed.proj",
     "classifier": "head",
 }

@@ -19,6 +19,17 @@ import torch
 from torch import nn
 
 log = logging.getLogger("denoiserep.models")
+_said: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time it occurs in this process (a run builds its model once per
+    seed; the user needs to read that the head was re-initialised once)."""
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)
+
+
 HEAD_NAMES = ("fc", "classifier", "heads", "head", "head_dist")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile
 
@@ -120,7 +131,7 @@ def load_state(
     if left or result.unexpected_keys:  # cannot happen after _compare; guard the contract
         raise ValueError(f"{source} does not match {arch}: missing {', '.join(left[:3])}")
     if problems.head:
-        log.warning(f"{arch}: {problems.head_line(state, expected, source)}")
+        warn_once(f"{arch}: {problems.head_line(state, expected, source)}")
     return model
 
 

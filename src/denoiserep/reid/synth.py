@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from denoiserep.data.constants import FASHION_MNIST_ROOT
 from denoiserep.data.idx import read_idx
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = FASHION_MNIST_ROOT  # Debian package dataset-fashion-mnist
 
 
 def _flip_bright(img: Image.Image) -> Image.Image:

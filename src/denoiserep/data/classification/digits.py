@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from denoiserep.data.constants import DIGITS_MEAN, DIGITS_STD
@@ -15,11 +17,13 @@ def read_digits(
     *,
     test_fraction: float = 0.2,
     seed: int = 0,
+    subset: Sequence[int] | None = None,
     train_transform: Transform | None = None,
     test_transform: Transform | None = None,
 ) -> ClassificationData:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16 scaled to [0, 1]),
-    split into train / test by a stratified, seeded shuffle. Needs no files."""
+    split into train / test by a stratified, seeded shuffle. Needs no files. ``subset`` keeps
+    only those digits (relabelled 0..len-1 in that order)."""
     # Imported here: scikit-learn is slow to import and only this reader needs it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -39,6 +43,7 @@ def read_digits(
         [str(c) for c in digits.target_names],
         mean=DIGITS_MEAN,
         std=DIGITS_STD,
+        subset=subset,
         train_transform=train_transform,
         test_transform=test_transform,
     )
