@@ -93,6 +93,6 @@ def check_training_plan(
     if (baseline is not None or finetune is not None) and not trained and not has_weights:
         raise ValueError(
             "nothing would be trained: baseline.epochs=0 and finetune.epochs=0 without "
-            "baseline weights report an untrained model as every arm; set baseline.epochs, "
-            "finetune.epochs or baseline_weights"
+            "weights report an untrained model as every arm; set baseline.epochs, "
+            "finetune.epochs, model.checkpoint / model.pretrained or baseline_weights"
         )
