@@ -9,3 +9,8 @@ run ablate --config robust_fashion_resnet.yaml &
 wait
 run reid --config reid_fashion.yaml --output runs/robust_reid robustness.enabled=true \
     robustness.severities=[1,3,5] finetune.phases=joint
+run reid --config reid_fashion.yaml --output runs/robust_reid_label_free_strong \
+    robustness.enabled=true robustness.severities=[1,3,5] protocol=label_free \
+    finetune.phases=denoiser denoise.timesteps=100 denoise.beta_start=1e-3 denoise.beta_end=0.2 \
+    baseline_weights=runs/robust_reid/seed0/baseline/model.safetensors baseline.epochs=0 \
+    "arms=[denoiserep]"
