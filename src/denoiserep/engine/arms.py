@@ -26,11 +26,23 @@ from torch.utils.data import Dataset
 import denoiserep as dr
 from denoiserep.bench.latency import measure_latency
 from denoiserep.core.config import DenoiseConfig
+from denoiserep.core.convert import select_targets
+from denoiserep.core.diagnostics import (
+    change_from_baseline,
+    denoising_strength,
+    fused_vs_unfused,
+    tensor_outputs,
+)
+from denoiserep.core.io import load_state_checked
+from denoiserep.core.spectrum import denoiser_spectrum
+from denoiserep.data.corruptions import CORRUPTIONS, CorruptedDataset
 from denoiserep.models.factory import num_parameters
 
 from . import dist
+from .config import check_training_plan, to_dict
 from .report import aggregate_seeds
 from .robustness import RobustnessConfig, evaluate_robustness, summarize_robustness
+from .runs import open_run_folder
 from .trainer import TrainConfig, fit
 
 ARMS = ("baseline", "control", "denoiserep")
@@ -87,8 +99,6 @@ class Variant:
 
     def __post_init__(self) -> None:
         if self.train_corruption is not None:
-            from denoiserep.data.corruptions import CORRUPTIONS
-
             c = self.train_corruption
             if set(c) - {"name", "severity"} or c.get("name") not in CORRUPTIONS:
                 raise ValueError(
@@ -127,8 +137,6 @@ class ArmsTask:
 
     def features(self, model: nn.Module, probe: Any) -> list[torch.Tensor]:
         """Outputs compared by the fusion check (default: the model's tensor outputs)."""
-        from denoiserep.core.diagnostics import tensor_outputs
-
         return tensor_outputs(model, probe)
 
     def fit_options(self, arm: str, train: TrainConfig, seed: int) -> dict[str, Any]:
@@ -150,8 +158,6 @@ class ArmsTask:
 
 def load_baseline_weights(model: nn.Module, path: str) -> None:
     """Load an earlier run's baseline (safetensors or torch file) with a one-line error."""
-    from denoiserep.core.io import load_state_checked
-
     load_state_checked(model, path)
 
 
@@ -172,9 +178,6 @@ def start_run(
     exists). The folder is claimed when the first baseline is in place; a run that fails
     before that leaves the folder as it was (``--overwrite`` included).
     """
-    from .config import check_training_plan, to_dict
-    from .runs import open_run_folder
-
     has_weights = has_weights or bool(cfg.baseline_weights)
     schedules = [v.finetune for v in variants] if variants is not None else [cfg.finetune]
     denoising = variants is not None or "denoiserep" in cfg.arms
@@ -229,8 +232,6 @@ class ArmRunner:
         options = {"dataset": self.task.train_set, **self.task.fit_options(arm, train, seed)}
         dataset = options.pop("dataset")
         if corruption:
-            from denoiserep.data.corruptions import CorruptedDataset
-
             severity = int(corruption.get("severity", 3))
             stats = self.task.image_stats
             dataset = CorruptedDataset(dataset, corruption["name"], severity, seed, stats)
@@ -287,12 +288,6 @@ class ArmRunner:
     def _fusion_results(
         self, converted: nn.Module, fused: nn.Module, baseline: nn.Module
     ) -> dict[str, float]:
-        from denoiserep.core.diagnostics import (
-            change_from_baseline,
-            denoising_strength,
-            fused_vs_unfused,
-        )
-
         strength = denoising_strength(converted)
         return {
             "max_abs_diff_fused_unfused": fused_vs_unfused(
@@ -304,8 +299,6 @@ class ArmRunner:
 
     def _cost(self, baseline: nn.Module, converted: nn.Module, fused: nn.Module) -> None:
         """Parameters, latency and per-layer strength, from the first DenoiseRep arm."""
-        from denoiserep.core.diagnostics import denoising_strength
-
         latency = measure_latency(
             {"baseline": baseline, "fused": fused},
             self.task.probe,
@@ -330,8 +323,6 @@ class ArmRunner:
         if not cfg.enabled:
             return {}
         if self.noise_layers is None:  # the run's target layers, the same for every arm
-            from denoiserep.core.convert import select_targets
-
             self.noise_layers = list(select_targets(dr.unwrap(model), self.cfg.denoise))
         per_arm = self.robustness.setdefault(str(seed), {})
         per_arm[arm] = evaluate_robustness(self.task.evaluate_under, model, cfg, self.noise_layers)
@@ -347,8 +338,6 @@ class ArmRunner:
         """Eigenvalues of k_t D and the input variance each step removes (first seed)."""
         if name in self.spectrum:
             return
-        from denoiserep.core.spectrum import denoiser_spectrum
-
         data = self.task.probe
         forward = (lambda m, x: m(**x)) if isinstance(data, dict) else None
         self.spectrum[name] = denoiser_spectrum(converted, data, forward=forward)
