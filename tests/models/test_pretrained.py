@@ -110,14 +110,14 @@ def test_read_checkpoint_unwraps_and_strips(tmp_path):
 
 
 def test_unreadable_checkpoints_are_one_line_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match="weights file .*missing.pth not found"):
         create_model("resnet18", checkpoint=tmp_path / "missing.pth")
     torch.save([torch.ones(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="expected a state dict") as e:
         read_checkpoint(tmp_path / "list.pth")
     assert "\n" not in str(e.value)
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read .*junk.bin as a weights file"):
+    with pytest.raises(ValueError, match="weights file .*junk.bin cannot be read"):
         read_checkpoint(tmp_path / "junk.bin")
 
 

@@ -61,7 +61,13 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not (
         isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
     ):
-        raise ValueError(f"weights file {path} holds no state dict (names mapped to tensors)")
+        found = type(state).__name__
+        if isinstance(state, Mapping):
+            found += f" with keys {', '.join(list(map(str, state))[:5])}"
+        raise ValueError(
+            f"weights file {path}: expected a state dict (names -> tensors), raw or under "
+            f"'state_dict' / 'model', got a {found}"
+        )
     return dict(state)
 
 

@@ -12,11 +12,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from denoiserep.core.io import read_weights
 
 log = logging.getLogger("denoiserep.models")
 _said: set[str] = set()
@@ -35,39 +35,11 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict in a weights file: ``.safetensors``, or a ``torch.save`` file (``.pth``,
-    ``.pt``, ``.bin``) holding a state dict, possibly nested under ``state_dict`` or ``model``;
-    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - one line naming the file
-        raise ValueError(f"cannot read {path} as a weights file ({short_cause(e)})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        kind = type(state).__name__
-        raise ValueError(
-            f"{path}: expected a state dict (names -> tensors), raw or under 'state_dict' / "
-            f"'model', got a {kind}"
-            + (
-                f" with keys {', '.join(list(map(str, state))[:5])}"
-                if isinstance(state, Mapping)
-                else ""
-            )
-        )
-    return {_strip_wrappers(k): v for k, v in state.items()}
+    """The state dict in a weights file (``denoiserep.core.io.read_weights``: ``.safetensors``
+    or a ``torch.save`` file such as ``.pth`` / ``.pt`` / ``.bin``, raw or nested under
+    ``state_dict`` / ``model``), with ``module.`` (DDP) and ``_orig_mod.`` (torch.compile)
+    prefixes stripped."""
+    return {_strip_wrappers(k): v for k, v in read_weights(path).items()}
 
 
 def load_checkpoint(
