@@ -26,7 +26,6 @@ target.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +38,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from denoiserep.core.io import load_state_checked
 from denoiserep.models.factory import _DOWNLOAD_ERRORS, _unavailable, tv_weights
 from denoiserep.models.weights import load_checkpoint, read_checkpoint
 
@@ -85,25 +85,9 @@ DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a state_dict file (``.safetensors`` or a ``torch.save`` file) with strict=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict (a mapping), got {type(state).__name__}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1:2] or [str(e)]
-        raise ValueError(
-            f"{path} does not fit {type(model).__name__}: {first[0].strip()}"
-        ) from None
+    """Load a state_dict file (``.safetensors`` or a ``torch.save`` file) with strict=True;
+    a mismatch is one line that summarises it (``denoiserep.core.io.load_state_checked``)."""
+    load_state_checked(model, path)
     return model
 
 
