@@ -119,7 +119,9 @@ def test_weights_load_strictly(tmp_path):
         torch.equal(a, b)
         for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
-    with pytest.raises(ValueError, match=r"w\.pt does not match the model \(LRASPP\): 2 tensors"):
+    with pytest.raises(
+        ValueError, match=r"w\.pt does not match the model \(LRASPP\): 4 tensors differ in shape"
+    ):
         build_segmenter("lraspp_mobilenet_v3_large", 4, weights=tmp_path / "w.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_weights(source, tmp_path / "missing.pt")
