@@ -12,13 +12,14 @@ from torch import nn
 
 def reference_reverse_matrix(layer, dtype=torch.float64) -> torch.Tensor:
     """Dense A_t = (I - k_t D) / sqrt(alpha_t), built from docs/method.md directly."""
-    betas = layer.schedule.betas.to(torch.float64)
+    betas = layer.schedule.betas.to("cpu", torch.float64)
     t = layer.t
     beta = betas[t - 1].item()
     abar = torch.prod(1 - betas[:t]).item()
     k = beta / math.sqrt(1 - abar)
     c_in, cg = layer.D.shape
-    blocks = [layer.D[m * cg : (m + 1) * cg].detach().to(torch.float64) for m in range(c_in // cg)]
+    D = layer.D.detach().to("cpu", torch.float64)
+    blocks = [D[m * cg : (m + 1) * cg] for m in range(c_in // cg)]
     D = torch.block_diag(*blocks)
     return ((torch.eye(c_in, dtype=torch.float64) - k * D) / math.sqrt(1 - beta)).to(dtype)
 
@@ -35,7 +36,8 @@ def add_reference_hooks(original: nn.Module, converted: nn.Module) -> list:
 
         def hook(module, args, A=A, channel_dim=channel_dim):
             (x,) = args
-            y = torch.einsum("ji,...i->...j", A.to(x.dtype), x.movedim(channel_dim, -1))
+            A = A.to(x.device, x.dtype)
+            y = torch.einsum("ji,...i->...j", A, x.movedim(channel_dim, -1))
             return (y.movedim(-1, channel_dim),)
 
         handles.append(modules[name].register_forward_pre_hook(hook))

@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 import denoiserep as dr
 from denoiserep.classification.task import ClassificationTask
 from denoiserep.engine.trainer import TrainConfig, fit
-from tests.conftest import randomize_denoisers, reference_reverse_matrix, rel_err
+from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -44,25 +44,6 @@ def tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def add_reference_hooks(original: nn.Module, converted: nn.Module) -> list:
-    """Pre-hooks x -> A_t x (A_t from conftest's independent reference, built on a CPU copy
-    of the converted model and moved to the model's device) on the original's target layers."""
-    device = next(original.parameters()).device
-    modules = dict(original.named_modules())
-    handles = []
-    for name, layer in dr.denoise_layers(copy.deepcopy(converted).cpu()).items():
-        A = reference_reverse_matrix(layer).to(device)
-        channel_dim = -1 if isinstance(modules[name], nn.Linear) else 1
-
-        def hook(module, args, A=A, channel_dim=channel_dim):
-            (x,) = args
-            y = torch.einsum("ji,...i->...j", A.to(x.dtype), x.movedim(channel_dim, -1))
-            return (y.movedim(-1, channel_dim),)
-
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    return handles
 
 
 def check_fused_equals_eval(name: str, device: str) -> None:
