@@ -11,14 +11,20 @@ VARIANTS = ("baseline", "fused", "explicit", "final_feature")
 PHASES = ("denoiser", "backbone", "joint")  # the training phases whose step cost is measured
 DEFAULT_MODELS = ("vit_small_patch16_224", "resnet50", "swin_tiny_patch4_window7_224")
 LATENCY_TOLERANCE = 0.03  # target: fused / baseline inference latency within 1 +- this
-TRAIN_STEP_LIMIT = 1.3  # target: DenoiseRep train step <= this x baseline
+# targets: DenoiseRep train step <= this x baseline, per phase (the denoiser phase does less
+# work than plain training: no backbone gradients)
+TRAIN_STEP_LIMIT = {"denoiser": 1.0, "backbone": 1.15, "joint": 1.3}
 TRAIN_MEMORY_LIMIT = 1.3  # target: DenoiseRep training peak memory <= this x baseline
 MB = 2**20
 
 
 @dataclass
 class TrainBenchConfig:
-    """The training-cost measurement: one batch, ``warmup`` + ``steps`` steps per variant."""
+    """The training-cost measurement: one batch, ``warmup`` + ``steps`` steps per variant.
+
+    ``compile``: every variant (the baseline too) runs under ``torch.compile``; FLOPs are
+    counted on the eager step, and compilation happens in the warm-up.
+    """
 
     enabled: bool = True
     batch_size: int = 32
@@ -28,6 +34,7 @@ class TrainBenchConfig:
     lr: float = 1e-4
     weight_decay: float = 0.05
     profile_top: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         bad = [p for p in self.phases if p not in PHASES]
@@ -57,7 +64,7 @@ class BenchConfig:
     warmup: int = 2
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     final_feature_steps: int = 0
-    denoise: dr.DenoiseConfig = field(default_factory=lambda: dr.DenoiseConfig(loss_fraction=0.25))
+    denoise: dr.DenoiseConfig = field(default_factory=lambda: dr.DenoiseConfig(loss_tokens=256))
     denoiser_strength: float = 0.1
     train: TrainBenchConfig = field(default_factory=TrainBenchConfig)
     device: str = "cpu"

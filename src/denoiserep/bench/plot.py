@@ -40,15 +40,24 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         names = list(trained)
         phases = [p for p in next(iter(trained.values())) if p != "baseline"]
         width = 0.8 / max(1, len(phases))
-        for ax, key, limit, title in (
+        memory_limits = dict.fromkeys(phases, TRAIN_MEMORY_LIMIT)
+        for ax, key, limits, title in (
             (axes[1], "step_ratio", TRAIN_STEP_LIMIT, "training step time / baseline"),
-            (axes[2], "peak_ratio", TRAIN_MEMORY_LIMIT, "training peak memory / baseline"),
+            (axes[2], "peak_ratio", memory_limits, "training peak memory / baseline"),
         ):
             for i, p in enumerate(phases):
-                values = [trained[n][p][key] or 0.0 for n in names]
-                ax.bar([k + i * width for k in range(len(names))], values, width, label=p)
+                xs = [k + i * width for k in range(len(names))]
+                ax.bar(xs, [trained[n][p][key] or 0.0 for n in names], width, label=p)
+                ax.hlines(  # this phase's target, as a red dash over its bars
+                    [limits[p]] * len(xs),
+                    [x - width / 2 for x in xs],
+                    [x + width / 2 for x in xs],
+                    color="red",
+                    ls="--",
+                    lw=1.0,
+                    label="target" if i == 0 else None,
+                )
             ax.axhline(1.0, color="black", lw=0.8)
-            ax.axhline(limit, color="red", ls="--", lw=0.8, label=f"target {limit}")
             ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))])
             ax.set_xticklabels(names, fontsize=7, rotation=25, ha="right")
             ax.set(ylabel="ratio", title=title)

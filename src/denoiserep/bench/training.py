@@ -30,10 +30,14 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: BenchConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    compiled: bool = False,
 ) -> tuple[Step, torch.optim.Optimizer]:
-    """One optimisation step as the engine's trainer does it (phase None: plain training)."""
-    optimizer = build_optimizer(model, "adamw", cfg.train.lr, cfg.train.weight_decay)
+    """One optimisation step as the engine's trainer does it (phase None: plain training);
+    ``compiled``: the forward runs through ``torch.compile(model)``."""
+    optimizer = optimizer or build_optimizer(model, "adamw", cfg.train.lr, cfg.train.weight_decay)
     lam = cfg.denoise.loss_weight
+    runner = torch.compile(model) if compiled else model
 
     def step() -> None:
         if phase == "denoiser":
@@ -42,7 +46,7 @@ def train_step(
             model.train()
         optimizer.zero_grad(set_to_none=True)
         with autocast(x.device, cfg.bf16):
-            output = model(x)
+            output = runner(x)
             loss = lam * dr.denoise_loss(model) if phase else torch.zeros((), device=x.device)
             if phase != "denoiser":
                 loss = loss + F.cross_entropy(output.float(), y)
@@ -50,6 +54,16 @@ def train_step(
         optimizer.step()
 
     return step, optimizer
+
+
+def product_precision(model: nn.Module) -> dict[str, str]:
+    """The dtype each DenoiseRep product ran in at the last training forward, over all layers
+    (e.g. ``{"W·A_t": "bfloat16", "D·x_t": "float32"}``); the export product is float64."""
+    dtypes: dict[str, set[str]] = {}
+    for layer in dr.denoise_layers(model).values():
+        for product, dtype in layer.precision.items():
+            dtypes.setdefault(product, set()).add(str(dtype).removeprefix("torch."))
+    return {product: "/".join(sorted(names)) for product, names in dtypes.items()}
 
 
 def top_ops(step: Step, device: torch.device, top: int) -> list[dict[str, Any]]:
@@ -81,19 +95,25 @@ def training_cost(
     with torch.no_grad():
         num_classes = baseline.eval()(x[:1]).shape[-1]
     y = torch.randint(num_classes, (tc.batch_size,), generator=g).to(device)
-    steps: dict[str, tuple[Step, torch.optim.Optimizer, nn.Module]] = {}
-    plain = copy.deepcopy(baseline)
-    steps["baseline"] = (*train_step(plain, None, x, y, cfg), plain)
+    models = {"baseline": copy.deepcopy(baseline)}
     for phase in tc.phases:
-        model = copy.deepcopy(converted)
-        dr.set_phase(model, phase)
-        steps[phase] = (*train_step(model, phase, x, y, cfg), model)
+        models[phase] = copy.deepcopy(converted)
+        dr.set_phase(models[phase], phase)
+    steps: dict[str, tuple[Step, torch.optim.Optimizer, nn.Module]] = {}
     rows: dict[str, dict[str, Any]] = {}
     with tick("train warm-up and FLOPs"):
-        for name, (step, _, _) in steps.items():
-            rows[name] = {"gflops_per_step": flops_of(step) / 1e9}
+        for name, model in models.items():
+            phase = None if name == "baseline" else name
+            step, optimizer = train_step(model, phase, x, y, cfg)
+            rows[name] = {"gflops_per_step": flops_of(step) / 1e9}  # an eager step
+            if tc.compile:
+                step, _ = train_step(model, phase, x, y, cfg, optimizer, compiled=True)
+                step()  # compiles
+            steps[name] = (step, optimizer, model)
             for _ in range(tc.warmup - 1):
                 step()
+            if phase:
+                rows[name]["precision"] = product_precision(model)
     with tick("train step time"):
         times = time_interleaved({n: s[0] for n, s in steps.items()}, tc.steps, 0, device, cfg.seed)
     for name, ts in times.items():

@@ -250,6 +250,9 @@ class DenoiseConfig:
         loss: noise-prediction loss, ``"mse"``, ``"l1"`` or ``"l1+l2"``.
         loss_weight: lambda in total loss = task loss + lambda * sum of noise-prediction losses.
         loss_fraction: fraction of tokens / pixels the noise-prediction loss is computed on.
+        loss_tokens: at most this many tokens / pixels per layer and step (0: no cap). The
+            loss is an average, so a sample estimates it without bias; its cost is
+            tokens x C_in^2 per layer, which at large batches rivals the layer's own forward.
 
     Values are converted as YAML gives them: ``loss_weight="1e-3"`` is the number 0.001.
     """
@@ -264,6 +267,7 @@ class DenoiseConfig:
     loss: str = "mse"
     loss_weight: float = 0.01
     loss_fraction: float = 1.0
+    loss_tokens: int = 0
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -295,6 +299,8 @@ class DenoiseConfig:
             raise ValueError(f"loss_weight must be >= 0, got {self.loss_weight}")
         if not 0.0 < self.loss_fraction <= 1.0:
             raise ValueError(f"loss_fraction must be in (0, 1], got {self.loss_fraction}")
+        if self.loss_tokens < 0:
+            raise ValueError(f"loss_tokens must be >= 0 (0: no cap), got {self.loss_tokens}")
 
     def build_schedule(self) -> NoiseSchedule:
         """The noise schedule this config describes."""

@@ -220,7 +220,13 @@ def convert(
     schedule = config.build_schedule()
     for name, module in targets.items():
         layer = DenoiseLayer(
-            module, timesteps[name], schedule, name, config.loss, config.loss_fraction
+            module,
+            timesteps[name],
+            schedule,
+            name,
+            config.loss,
+            config.loss_fraction,
+            config.loss_tokens,
         )
         _replace(model, module, layer)
     frozen = frozenset(n for n, p in model.named_parameters() if not p.requires_grad)

@@ -4,6 +4,9 @@ A denoiser ``D`` of a layer with ``C_in`` input channels and ``g`` groups is sto
 shape ``(C_in, C_in // g)``: rows ``m*cg .. (m+1)*cg`` hold group m's ``cg x cg`` block, and
 entry ``[j, i]`` maps input channel i to predicted noise on channel j. Every matrix acting on
 channels here (D and the reverse step A_t) uses that layout.
+
+Two products of W and A_t: :func:`fuse_weight` (the export, float64, exact) and
+:func:`train_fused_weight` (training: differentiable, in the autocast dtype, no saved copies).
 """
 
 from __future__ import annotations
@@ -57,3 +60,72 @@ def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -
         y = torch.einsum("...gi,gji->...gj", x.unflatten(-1, (g, cg)), M.reshape(g, cg, cg))
         y = y.flatten(-2)
     return y.movedim(-1, channel_dim)
+
+
+def channel_product(weight: torch.Tensor, M: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """P[o, i, ...] = sum_j W[o, j, ...] M[j, i] within each group (contiguous, W's shape)."""
+    c_out, cg = weight.shape[:2]
+    if groups == 1 and weight[0, 0].numel() == 1:  # Linear and 1x1 convs: one matmul
+        return (weight.reshape(c_out, cg) @ M).reshape(weight.shape)
+    w = weight.reshape(groups, c_out // groups, cg, -1)
+    return torch.einsum("gojk,gji->goik", w, M.reshape(groups, cg, cg)).reshape(weight.shape)
+
+
+def _weight_gram(weight: torch.Tensor, grad: torch.Tensor, groups: int) -> torch.Tensor:
+    """R[j, i] = sum_{o, k} W[o, j, k] G[o, i, k] within each group: the gradient of
+    :func:`channel_product` with respect to M, in M's compact layout."""
+    c_out, cg = weight.shape[:2]
+    if groups == 1 and weight[0, 0].numel() == 1:
+        return weight.reshape(c_out, cg).T @ grad.reshape(c_out, cg)
+    w = weight.reshape(groups, c_out // groups, cg, -1)
+    g = grad.reshape(groups, c_out // groups, cg, -1)
+    return torch.einsum("gojk,goik->gji", w, g).reshape(cg * groups, cg)
+
+
+class _TrainFusedWeight(torch.autograd.Function):
+    """W' = s W - s k (W D); backward from W and D alone (no A_t or product kept alive)."""
+
+    @staticmethod
+    def forward(ctx, weight, D, k_t, inv_sqrt_alpha, groups, dtype):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight, D)
+        ctx.coeffs = (k_t, inv_sqrt_alpha, groups)
+        w, d = weight.to(dtype), D.to(dtype)
+        out = (
+            channel_product(w, d, groups).mul_(-k_t * inv_sqrt_alpha).add_(w, alpha=inv_sqrt_alpha)
+        )
+        if out.stride() != weight.stride():  # the weight's layout picks the same kernels
+            out = torch.empty_like(weight, dtype=dtype).copy_(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weight, D = ctx.saved_tensors
+        k_t, s, groups = ctx.coeffs
+        w, d = weight.to(grad.dtype), D.to(grad.dtype)
+        grad_w = grad_d = None
+        if ctx.needs_input_grad[0]:  # s G - s k (G D^T), per group
+            d_t = d.reshape(groups, -1, d.shape[1]).transpose(1, 2).reshape(d.shape)
+            grad_w = channel_product(grad, d_t, groups).mul_(-k_t * s).add_(grad, alpha=s)
+        if ctx.needs_input_grad[1]:  # -s k (W^T G), per group
+            grad_d = _weight_gram(w, grad, groups).mul_(-k_t * s)
+        return grad_w, grad_d, None, None, None, None
+
+
+def train_fused_weight(
+    weight: torch.Tensor,
+    D: torch.Tensor,
+    k_t: float,
+    inv_sqrt_alpha: float,
+    groups: int = 1,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """W A_t = (W - k_t W D) / sqrt(alpha_t) for training, differentiable in W and D.
+
+    Computed in ``dtype`` (default: the weight's; bfloat16 under autocast, whose matmuls
+    accumulate in float32) and returned in it, with the weight's strides. Backward computes
+    grad_W = G A_t^T and grad_D = -k_t/sqrt(alpha_t) W^T G from the saved parameters, so
+    autograd keeps no A_t, no cast copies and no intermediate product alive.
+    """
+    dtype = dtype or weight.dtype
+    with torch.autocast(weight.device.type, enabled=False):
+        return _TrainFusedWeight.apply(weight, D, float(k_t), float(inv_sqrt_alpha), groups, dtype)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion import apply_channel_map, fuse_weight, reverse_step_matrix
+from .fusion import apply_channel_map, fuse_weight, reverse_step_matrix, train_fused_weight
 from .schedule import NoiseSchedule
 
 PHASES = ("denoiser", "backbone", "joint")
@@ -27,7 +27,8 @@ class DenoiseLayer(nn.Module):
     * training, phase ``denoiser``: output of the original layer (bit for bit); D learns from
       the noise-prediction loss on the layer's detached input.
     * training, phase ``backbone`` / ``joint``: output of the fused layer W A_t, differentiable
-      in W (and in D for ``joint``).
+      in W (and in D for ``joint``), computed in the autocast dtype when autocast is on
+      (:func:`~denoiserep.core.fusion.train_fused_weight`).
     * eval: output of the fused layer with W A_t computed in float64 and cast back, i.e. exactly
       what :func:`denoiserep.fuse` exports. With ``explicit = True`` the reverse step is applied
       to the input instead (the paper's unfused Figure 1(c), for benchmarks).
@@ -41,6 +42,7 @@ class DenoiseLayer(nn.Module):
         name: str = "",
         loss: str = "mse",
         loss_fraction: float = 1.0,
+        loss_tokens: int = 0,
     ) -> None:
         super().__init__()
         if not is_supported(base_layer):
@@ -56,6 +58,10 @@ class DenoiseLayer(nn.Module):
         self.name = name
         self.loss = loss
         self.loss_fraction = loss_fraction
+        self.loss_tokens = loss_tokens
+        self.precision: dict[
+            str, torch.dtype
+        ] = {}  # dtype of each product in the last training forward
         self.phase = "joint"
         self.explicit = False
         self.last_loss: torch.Tensor | None = None
@@ -124,37 +130,61 @@ class DenoiseLayer(nn.Module):
         return apply_channel_map(x, self.reverse_matrix(x.dtype), self.channel_dim)
 
     # -- noise-prediction loss ------------------------------------------------------------------
+    def loss_token_count(self, n: int) -> int:
+        """How many of the input's ``n`` tokens / pixels the noise-prediction loss uses: the
+        ``loss_fraction`` of them, at most ``loss_tokens`` (0: no cap), at least one."""
+        m = n if self.loss_fraction >= 1.0 else max(1, round(self.loss_fraction * n))
+        return min(m, self.loss_tokens) if self.loss_tokens else m
+
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's input as a (tokens, C_in) matrix, subsampled to ``loss_fraction``."""
+        """The layer's input as a (tokens, C_in) matrix, subsampled (uniformly, with
+        replacement) to :meth:`loss_token_count` rows."""
         c = self.D.shape[0]
         if isinstance(self.base_layer, nn.Linear):
             flat = x.reshape(-1, c)
-            if self.loss_fraction >= 1.0:
-                return flat
-            return flat[self._sample(flat.shape[0], x.device)]
+            m = self.loss_token_count(flat.shape[0])
+            return (
+                flat
+                if m == flat.shape[0]
+                else flat[torch.randint(flat.shape[0], (m,), device=x.device)]
+            )
         if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
             x = x.unsqueeze(0)
         flat = x.reshape(x.shape[0], c, -1)  # (N, C, pixels)
-        if self.loss_fraction >= 1.0:
+        n = flat.shape[0] * flat.shape[2]
+        m = self.loss_token_count(n)
+        if m == n:
             return flat.transpose(1, 2).reshape(-1, c)
-        idx = self._sample(flat.shape[0] * flat.shape[2], x.device)
+        idx = torch.randint(n, (m,), device=x.device)
         return flat[idx // flat.shape[2], :, idx % flat.shape[2]]
 
-    def _sample(self, n: int, device: torch.device) -> torch.Tensor:
-        m = max(1, round(self.loss_fraction * n))
-        return torch.randint(n, (m,), device=device)
-
     def noise_prediction_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Noise the detached input to timestep t and score D's prediction of that noise."""
-        x0 = self._tokens(x.detach()).float()
-        eps = torch.randn_like(x0)
-        a, b = self._noise
-        pred = apply_channel_map(a * x0 + b * eps, self.D).float()
+        """Noise the detached input to timestep t and score D's prediction of that noise.
+
+        Always float32, also under autocast: at small t the noise b * eps is about 1 % of x_t,
+        below bfloat16's resolution of x_t (0.4 %), so a bf16 product would learn rounding.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x0 = self._tokens(x.detach()).float()
+            eps = torch.randn_like(x0)
+            a, b = self._noise
+            pred = apply_channel_map(a * x0 + b * eps, self.D.float())
+        self.precision["D·x_t"] = pred.dtype
         if self.loss == "mse":
             return F.mse_loss(pred, eps)
         if self.loss == "l1":
             return F.l1_loss(pred, eps)
         return F.l1_loss(pred, eps) + F.mse_loss(pred, eps)
+
+    def train_weight(self) -> torch.Tensor:
+        """W A_t for a training forward: in the autocast dtype under autocast (float32 weights
+        only), else in the weight's dtype; differentiable in W and D."""
+        w = self.base_layer.weight
+        dtype = w.dtype
+        if w.dtype == torch.float32 and torch.is_autocast_enabled(w.device.type):
+            dtype = torch.get_autocast_dtype(w.device.type)
+        self.precision["W·A_t"] = dtype
+        return train_fused_weight(w, self.D, self._k, self._inv_sqrt_alpha, self.groups, dtype)
 
     # -- forward ----------------------------------------------------------------------------------
     def _base_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -172,7 +202,7 @@ class DenoiseLayer(nn.Module):
             self.last_loss = self.noise_prediction_loss(x)
         if self.phase == "denoiser":
             return self.base_layer(x)
-        return self._base_forward(x, self.fused_weight())
+        return self._base_forward(x, self.train_weight())
 
     def to_fused(self) -> nn.Module:
         """A new plain copy of the base layer with the denoising folded into its weight."""

@@ -35,7 +35,12 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """How one arm trains. ``phases`` is the DenoiseRep schedule (``none`` for plain models)."""
+    """How one arm trains. ``phases`` is the DenoiseRep schedule (``none`` for plain models).
+
+    ``compile``: the training forward runs through ``torch.compile`` (the first step of each
+    phase compiles; inductor draws the noise from its own generator, so a compiled run is
+    reproducible but not equal to an eager one). Evaluation stays eager.
+    """
 
     epochs: int = 10
     batch_size: int = 64
@@ -51,6 +56,7 @@ class TrainConfig:
     alternate_every: int = 1
     ckpt_every: int = 0
     workers: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         from denoiserep.core.config import coerce_fields
@@ -232,6 +238,8 @@ def fit(
         if converted:
             dr.set_phase(model, phase or "joint")
         runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model
+        if cfg.compile:
+            runner = torch.compile(runner)
         if phase == "denoiser":
             dr.train_frozen_backbone(model)
         else:
