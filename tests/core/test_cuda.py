@@ -4,7 +4,8 @@
 * fused == explicit reference (reverse step before each original layer) with TF32 off;
 * a bf16-autocast joint training step gives a finite loss and finite, non-zero gradients for
   every denoiser;
-* the bf16 training path (``fit`` with ``amp=True``) stays close to the float32 one.
+* the bf16 training path (``fit`` with ``amp=True``) stays close to the float32 one;
+* under bf16 autocast W A_t runs in bf16 (one rounding from float32) and D x_t in float32.
 
 The helpers take the device as an argument so the same checks can be dry-run on CPU
 (``python -c "import tests.core.test_cuda as t; t.check_bf16_vs_float32('cpu')"``).
@@ -26,6 +27,7 @@ import denoiserep as dr
 from denoiserep.classification.task import ClassificationTask
 from denoiserep.engine.trainer import TrainConfig, fit
 from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
+from tests.core.test_training_cost import check_bf16_products
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -174,3 +176,7 @@ def test_cuda_bf16_autocast_joint_step():
 
 def test_cuda_bf16_training_close_to_float32(tmp_path):
     check_bf16_vs_float32("cuda", tmp_path)
+
+
+def test_cuda_bf16_products():
+    check_bf16_products("cuda")

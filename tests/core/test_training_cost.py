@@ -2,6 +2,7 @@
 
 * ``train_fused_weight`` is the export product (float64 ``fuse_weight``) in value and has
   autograd's gradients (gradcheck) for Linear, ConvNd, grouped and depthwise weights;
+* layers that see few tokens compute W (A_t x) instead, with the same output and gradients;
 * a training forward keeps no A_t, no product and no cast copy alive for backward;
 * under bfloat16 autocast W A_t runs in bfloat16 within bf16 rounding of the float32 path,
   while the noise regression D x_t stays float32, and each layer records both dtypes;
@@ -50,13 +51,15 @@ def test_train_product_keeps_the_weights_memory_layout():
     assert out.stride() == W.stride()
 
 
-def _saved_bytes(fn) -> dict[str, int]:
-    """Bytes of the tensors autograd saves for backward while ``fn`` runs, by kind."""
-    saved: dict[str, int] = {}
+def _saved_bytes(fn, module: nn.Module) -> dict[str, int]:
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs: views of
+    ``module``'s parameters (no new memory) and other tensors."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {"parameter": 0, "other": 0}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        kind = "parameter" if isinstance(t, nn.Parameter) else "other"
-        saved[kind] = saved.get(kind, 0) + t.numel() * t.element_size()
+        kind = "parameter" if t.untyped_storage().data_ptr() in params else "other"
+        saved[kind] += t.numel() * t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -65,24 +68,78 @@ def _saved_bytes(fn) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("phase", ["backbone", "joint"])
-def test_training_forward_saves_no_product_or_reverse_matrix(phase):
+@pytest.mark.parametrize("path", ["fused", "explicit"])
+def test_training_forward_saves_no_product_or_reverse_matrix(phase, path):
     torch.manual_seed(0)
-    base = nn.Linear(64, 8)
+    # 32 tokens into 8 outputs: W A_t is cheaper; 2 tokens into 256 outputs: A_t x is
+    base, tokens = (nn.Linear(64, 8), 32) if path == "fused" else (nn.Linear(64, 256), 2)
     layer = dr.DenoiseLayer(base, t=5, schedule=dr.DenoiseConfig().build_schedule())
     layer.phase = phase
     layer.D.requires_grad_(phase == "joint")
-    x = torch.randn(2, 64)
-    saved = _saved_bytes(lambda: layer.train()(x))
-    # kept for backward: W and D themselves (no copies), the input x and W' (both needed by
-    # F.linear's backward) and, in joint, the loss's (tokens, C) rows; never the (C, C) A_t
-    # or the product W D, which would each add C * C floats
-    fused = 8 * 64 * 4
-    loss_rows = 3 * x.numel() * 4 if phase == "joint" else 0  # x_t, eps, prediction
-    assert saved["other"] <= x.numel() * 4 + fused + loss_rows
-    assert saved["parameter"] > 0
+    x = torch.randn(tokens, 64)
+    saved = _saved_bytes(lambda: layer.train()(x), layer)
+    assert layer.explicit_is_cheaper(x) == (path == "explicit")
+    assert ("A_t·x" in layer.precision) == (path == "explicit")
+    # kept for backward: W and D themselves (no copies), the loss's (tokens, C) rows in joint
+    # (x_t, eps, prediction) and, fused: x and W' (F.linear's backward), explicit: x (for D's
+    # gradient) and A_t x; never the (C, C) A_t (16 KB here) or a product with W
+    x_bytes = x.numel() * 4
+    loss_rows = 3 * x_bytes if phase == "joint" else 0
+    needed = x_bytes + (base.weight.numel() * 4 if path == "fused" else x_bytes)
+    assert saved["other"] <= needed + loss_rows
+    if path == "fused":
+        assert saved["parameter"] > 0  # W and D themselves
 
 
-def _converted_convnet() -> tuple[nn.Module, torch.Tensor]:
+LAYERS = {  # layer, input: each sees fewer tokens than C_out x k / g, so A_t x is cheaper
+    "linear_head": (lambda: nn.Linear(16, 40), (3, 16)),
+    "conv2d_3x3": (lambda: nn.Conv2d(6, 8, 3, padding=1), (1, 6, 2, 3)),
+    "conv2d_strided": (lambda: nn.Conv2d(6, 12, 3, stride=2, padding=1), (1, 6, 3, 3)),
+    "conv2d_grouped": (lambda: nn.Conv2d(6, 12, 3, padding=1, groups=3), (1, 6, 1, 2)),
+    "conv1d_reflect": (lambda: nn.Conv1d(4, 8, 3, padding=1, padding_mode="reflect"), (2, 4, 2)),
+    "conv3d": (lambda: nn.Conv3d(4, 8, 2), (1, 4, 2, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_explicit_training_path_equals_the_fused_one(name):
+    make, shape = LAYERS[name]
+    torch.manual_seed(0)
+    layer = dr.DenoiseLayer(make().double(), t=7, schedule=dr.DenoiseConfig().build_schedule())
+    layer.phase = "backbone"  # no noise draw: both paths see the same forward
+    layer.D.requires_grad_(True)
+    with torch.no_grad():
+        layer.D.copy_(torch.randn_like(layer.D) * 30)  # k_t D ~ 0.1: a clear change
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert layer.explicit_is_cheaper(x)
+    outputs = {}
+    for path in ("explicit", "fused"):
+        layer.train()
+        y = layer(x) if path == "explicit" else layer._base_forward(x, layer.train_weight())
+        params = [x, layer.D, layer.base_layer.weight, layer.base_layer.bias]
+        outputs[path] = (y, *torch.autograd.grad(y.square().sum(), params))
+    assert "A_t·x" in layer.precision
+    for got, expected in zip(outputs["explicit"], outputs["fused"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    baseline = layer.base_layer(x)
+    assert rel_err(outputs["explicit"][0], baseline) > 1e-3  # the denoising did something
+
+
+def test_cheaper_path_rule():
+    schedule = dr.DenoiseConfig().build_schedule()
+    head = dr.DenoiseLayer(nn.Linear(384, 1000), 1, schedule)
+    assert head.explicit_is_cheaper(torch.randn(16, 384))  # 16 tokens < 1000 outputs
+    assert not head.explicit_is_cheaper(torch.randn(2000, 384))
+    conv = dr.DenoiseLayer(nn.Conv2d(512, 512, 3, padding=1), 1, schedule)
+    assert conv.explicit_is_cheaper(torch.randn(16, 512, 7, 7))  # 784 < 512 x 9
+    assert not conv.explicit_is_cheaper(torch.randn(16, 512, 56, 56))
+    depthwise = dr.DenoiseLayer(nn.Conv2d(64, 64, 3, padding=1, groups=64), 1, schedule)
+    # depthwise: W A_t costs 64 x 9 MACs, A_t x 64 per pixel
+    assert depthwise.explicit_is_cheaper(torch.randn(1, 64, 2, 2))
+    assert not depthwise.explicit_is_cheaper(torch.randn(1, 64, 4, 4))
+
+
+def _converted_convnet(device: str = "cpu") -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -91,8 +148,8 @@ def _converted_convnet() -> tuple[nn.Module, torch.Tensor]:
         nn.Flatten(),
         nn.Linear(8 * 6 * 6, 5),
     )
-    x = torch.randn(4, 3, 6, 6)
-    model = dr.convert(net, dr.DenoiseConfig(), x)
+    x = torch.randn(4, 3, 6, 6, device=device)
+    model = dr.convert(net.to(device), dr.DenoiseConfig(), x)
     randomize_denoisers(model, 0.1)
     dr.set_phase(model, "joint")
     return model.train(), x
@@ -101,22 +158,25 @@ def _converted_convnet() -> tuple[nn.Module, torch.Tensor]:
 def _grads(model: nn.Module, x: torch.Tensor, bf16: bool) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same noise draws in both precisions
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
         loss = out.float().square().mean() + 0.1 * dr.denoise_loss(model)
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_bf16_products_match_float32_within_bf16_rounding():
-    model, x = _converted_convnet()
+def check_bf16_products(device: str) -> None:
+    """W A_t in bf16 under autocast, D x_t in float32; bf16 grads close to float32 ones."""
+    model, x = _converted_convnet(device)
     g32 = _grads(model, x, bf16=False)
     layers = dr.denoise_layers(model)
-    assert {str(m.precision["W·A_t"]) for m in layers.values()} == {"torch.float32"}
+    assert {str(m.precision["D·x_t"]) for m in layers.values()} == {"torch.float32"}
     g16 = _grads(model, x, bf16=True)
     for m in layers.values():
-        assert m.precision == {"W·A_t": torch.bfloat16, "D·x_t": torch.float32}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # D x_t in float32; W A_t (or, for the head, A_t x) in bf16
+        assert m.precision.pop("D·x_t") == torch.float32
+        assert list(m.precision.values()) == [torch.bfloat16]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             w16 = m.train_weight()
         assert w16.dtype == torch.bfloat16
         # one bf16 rounding of W A_t (2^-8 relative), not more
@@ -125,6 +185,10 @@ def test_bf16_products_match_float32_within_bf16_rounding():
         assert grad.dtype == torch.float32, name
         # bf16 activations and products: a few bf16 roundings deep (measured: <= 1.3e-2)
         assert rel_err(grad, g32[name]) < 0.05, name
+
+
+def test_bf16_products_match_float32_within_bf16_rounding():
+    check_bf16_products("cpu")
 
 
 def test_noise_regression_stays_float32_under_autocast():

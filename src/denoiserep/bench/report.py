@@ -92,6 +92,15 @@ def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
                 f"{row['gflops_per_step']:.2f} | {row['gflops_ratio']:.3f} | "
                 f"{_precision(row.get('precision'))} |"
             )
+    for name, train in trained.items():
+        if "denoiser_adamw_mb" in train:
+            state, base = train["denoiser_adamw_mb"], train["variants"]["baseline"]["peak_mb"]
+            share = f"{state / base:.2f}× the baseline's peak" if base else "peak not measured"
+            lines.append(
+                f"\n{name}: the denoisers have {train['denoiser_params'] / 1e6:.1f} M parameters; "
+                f"with their gradients and AdamW's two moments they hold {state:.0f} MB in joint "
+                f"training ({share}): a floor for any implementation that trains D with AdamW."
+            )
     return lines
 
 

@@ -135,4 +135,11 @@ def training_cost(
         row["step_ratio"] = ratio(row["median_ms"], base["median_ms"])
         row["peak_ratio"] = ratio(row["peak_mb"], base["peak_mb"])
         row["gflops_ratio"] = ratio(row["gflops_per_step"], base["gflops_per_step"])
-    return {"batch_size": tc.batch_size, "variants": rows}
+    # what the denoisers alone hold in joint training: D, its gradient and AdamW's two moments
+    d_bytes = tensor_bytes(dr.denoiser_parameters(converted))
+    return {
+        "batch_size": tc.batch_size,
+        "variants": rows,
+        "denoiser_params": sum(p.numel() for p in dr.denoiser_parameters(converted)),
+        "denoiser_adamw_mb": 4 * d_bytes / MB,
+    }

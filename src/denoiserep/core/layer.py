@@ -28,7 +28,8 @@ class DenoiseLayer(nn.Module):
       the noise-prediction loss on the layer's detached input.
     * training, phase ``backbone`` / ``joint``: output of the fused layer W A_t, differentiable
       in W (and in D for ``joint``), computed in the autocast dtype when autocast is on
-      (:func:`~denoiserep.core.fusion.train_fused_weight`).
+      (:func:`~denoiserep.core.fusion.train_fused_weight`); for layers that see few tokens
+      the same output is computed as W (A_t x), which is then cheaper.
     * eval: output of the fused layer with W A_t computed in float64 and cast back, i.e. exactly
       what :func:`denoiserep.fuse` exports. With ``explicit = True`` the reverse step is applied
       to the input instead (the paper's unfused Figure 1(c), for benchmarks).
@@ -186,6 +187,27 @@ class DenoiseLayer(nn.Module):
         self.precision["W·A_t"] = dtype
         return train_fused_weight(w, self.D, self._k, self._inv_sqrt_alpha, self.groups, dtype)
 
+    def explicit_is_cheaper(self, x: torch.Tensor) -> bool:
+        """Whether A_t x (tokens x C_in x C_in/g multiply-adds) costs less than W A_t
+        (C_out x k x C_in x C_in/g): for layers that see fewer tokens than C_out x k / g, e.g.
+        a classifier head or the late 7 x 7 stages of a CNN at small batches."""
+        w = self.base_layer.weight
+        tokens = x.numel() // self.D.shape[0]
+        return tokens * self.groups < w.shape[0] * w[0, 0].numel()
+
+    def train_denoise_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A_t x = (x - k_t D x) / sqrt(alpha_t) for a training forward, differentiable in x
+        and D; D x runs as the layer kind's own op (Linear, or a 1x1 grouped conv), so it
+        follows autocast like the layer does."""
+        if isinstance(self.base_layer, nn.Linear):
+            dx = F.linear(x, self.D)
+        else:
+            nd = self.base_layer.weight.dim() - 2
+            conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+            dx = conv(x, self.D.reshape(*self.D.shape, *[1] * nd), groups=self.groups)
+        self.precision["A_t·x"] = dx.dtype
+        return x.sub(dx, alpha=self._k).mul_(self._inv_sqrt_alpha)
+
     # -- forward ----------------------------------------------------------------------------------
     def _base_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if isinstance(self.base_layer, nn.Linear):
@@ -194,6 +216,7 @@ class DenoiseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_loss = None
+        self.precision.clear()
         if not self.training:
             if self.explicit:
                 return self.base_layer(self.denoise_input(x))
@@ -202,6 +225,9 @@ class DenoiseLayer(nn.Module):
             self.last_loss = self.noise_prediction_loss(x)
         if self.phase == "denoiser":
             return self.base_layer(x)
+        # the same layer output either way (exact algebra); compute the cheaper product
+        if self.explicit_is_cheaper(x):
+            return self.base_layer(self.train_denoise_input(x))
         return self._base_forward(x, self.train_weight())
 
     def to_fused(self) -> nn.Module:
