@@ -144,11 +144,9 @@ class DenoiseLayer(nn.Module):
         if isinstance(self.base_layer, nn.Linear):
             flat = x.reshape(-1, c)
             m = self.loss_token_count(flat.shape[0])
-            return (
-                flat
-                if m == flat.shape[0]
-                else flat[torch.randint(flat.shape[0], (m,), device=x.device)]
-            )
+            if m == flat.shape[0]:
+                return flat
+            return flat[torch.randint(flat.shape[0], (m,), device=x.device)]
         if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
             x = x.unsqueeze(0)
         flat = x.reshape(x.shape[0], c, -1)  # (N, C, pixels)
