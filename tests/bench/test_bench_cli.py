@@ -79,6 +79,10 @@ def test_bench_tiny_writes_every_result(tmp_path, capsys):
     markdown = (out / "results.md").read_text()
     for heading in ("### Inference", "### Training", "### Fusion and deployment", "### Targets"):
         assert heading in markdown
+    # train.profile_top: 3 operators per model and training variant, in the report too
+    profile = markdown.split("### Training profile")[1].split("###")[0]
+    assert profile.count("| resnet10t | joint | `") == 3
+    assert profile.count("| vit_tiny_patch16_224 | baseline | `") == 3
     assert markdown.count("| final_feature |") == 4
     assert (out / "bench.png").stat().st_size > 10_000
     assert "### Inference" in capsys.readouterr().out

@@ -104,6 +104,27 @@ def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _profile_table(trained: dict[str, dict[str, Any]]) -> list[str]:
+    """The operators with the most self time in one step of each training variant
+    (``train.profile_top``), with their share of that variant's median step."""
+    lines = [
+        "### Training profile (self time of one step)",
+        "",
+        "| model | variant | operator | calls | self ms | % of step |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, train in trained.items():
+        for v, row in train["variants"].items():
+            for op in row.get("top_ops") or []:
+                share = 100 * op["self_ms"] / row["median_ms"]
+                label = op["op"].replace("|", "/")  # keep the Markdown table intact
+                lines.append(
+                    f"| {name} | {v} | `{label}` | {op['calls']} | {op['self_ms']:.1f} | "
+                    f"{share:.1f} |"
+                )
+    return lines
+
+
 def _checks_table(models: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "### Fusion and deployment checks",
@@ -152,6 +173,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     trained = {n: r["train"] for n, r in models.items() if "train" in r}
     if trained:
         lines += ["", *_training_table(trained)]
+        if any(row.get("top_ops") for t in trained.values() for row in t["variants"].values()):
+            lines += ["", *_profile_table(trained)]
     lines += ["", *_checks_table(models)]
     if report["targets"]:
         lines += ["", *_targets_table(report["targets"])]
