@@ -90,9 +90,10 @@ class _TrainFusedWeight(torch.autograd.Function):
         ctx.save_for_backward(weight, D)
         ctx.coeffs = (k_t, inv_sqrt_alpha, groups)
         w, d = weight.to(dtype), D.to(dtype)
-        out = (
-            channel_product(w, d, groups).mul_(-k_t * inv_sqrt_alpha).add_(w, alpha=inv_sqrt_alpha)
-        )
+        # Out of place, and no add(..., alpha=): under torch.compile, torch 2.11's inductor
+        # computes in-place updates and alpha-scaled adds of a matmul wrongly in a custom
+        # autograd function (tests/engine/test_compile.py). `w` first: the result takes its layout.
+        out = (w - channel_product(w, d, groups) * k_t) * inv_sqrt_alpha
         if out.stride() != weight.stride():  # the weight's layout picks the same kernels
             out = torch.empty_like(weight, dtype=dtype).copy_(out)
         return out
@@ -105,9 +106,9 @@ class _TrainFusedWeight(torch.autograd.Function):
         grad_w = grad_d = None
         if ctx.needs_input_grad[0]:  # s G - s k (G D^T), per group
             d_t = d.reshape(groups, -1, d.shape[1]).transpose(1, 2).reshape(d.shape)
-            grad_w = channel_product(grad, d_t, groups).mul_(-k_t * s).add_(grad, alpha=s)
+            grad_w = (grad - channel_product(grad, d_t, groups) * k_t) * s
         if ctx.needs_input_grad[1]:  # -s k (W^T G), per group
-            grad_d = _weight_gram(w, grad, groups).mul_(-k_t * s)
+            grad_d = _weight_gram(w, grad, groups) * (-k_t * s)
         return grad_w, grad_d, None, None, None, None
 
 

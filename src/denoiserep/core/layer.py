@@ -204,7 +204,7 @@ class DenoiseLayer(nn.Module):
             conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
             dx = conv(x, self.D.reshape(*self.D.shape, *[1] * nd), groups=self.groups)
         self.precision["A_t·x"] = dx.dtype
-        return x.sub(dx, alpha=self._k).mul_(self._inv_sqrt_alpha)
+        return dx.mul_(-self._k).add_(x).mul_(self._inv_sqrt_alpha)  # no alpha=, see fusion.py
 
     # -- forward ----------------------------------------------------------------------------------
     def _base_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
