@@ -4,33 +4,45 @@
 #      bf16 products);
 #   2. `denoiserep bench` in bf16 at batch 64 on ViT-B/16, ResNet-50 and Swin-T, one model per
 #      run so that what finished survives a time limit;
-#   3. the same training measurement under torch.compile (ViT-B/16).
-# Every result is written to $OUT (default runs/gpu_check) as soon as it exists.
-# Usage (repository root): OUT=/some/dir bash scripts/gpu_check.sh
+#   3. the joint training step under torch.compile (ViT-B/16).
+# Each step has its own time limit (550 s in all) and writes to $OUT as it finishes:
+# progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
+# bench_compile.md and results_json.tar.gz (every results.json so far): 7 files, so that
+# a device run that returns at most 8 files brings all of them back.
+# Usage (repository root, no install needed): OUT=/some/dir bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
-mkdir -p "$OUT"
-export PYTHONPATH=src
+WORK=${WORK:-runs/gpu_check_work} # full bench outputs (plots, configs); not copied to $OUT
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH=src PYTHONUNBUFFERED=1
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/progress.txt"; }
+# run_step NAME SECONDS OUTFILE COMMAND...: the command's output to OUTFILE, its exit to progress
+run_step() {
+    local name=$1 limit=$2 out=$3
+    shift 3
+    log "$name (limit ${limit} s)"
+    timeout "$limit" "$@" > "$out" 2>&1
+    log "$name: exit $? (124: stopped at the limit)"
+}
+pack_json() { (cd "$WORK" && tar czf - */results.json 2>/dev/null) > "$OUT/results_json.tar.gz"; }
 
-log "device"
-{ nvidia-smi; python -c "import torch, timm; print(torch.__version__, timm.__version__)"; } \
-    > "$OUT/environment.txt" 2>&1
-log "CUDA tests"
-python -m pytest -q -p no:cacheprovider tests/core/test_cuda.py > "$OUT/cuda_tests.txt" 2>&1
-log "CUDA tests: exit $?"
+{ nvidia-smi; "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } \
+    >> "$OUT/progress.txt" 2>&1
+run_step "CUDA tests" 100 "$OUT/cuda_tests.txt" \
+    "$PY" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py
 for model in vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224; do
-    log "bench $model"
-    python -m denoiserep bench --output "$OUT/bench_$model" device=cuda bf16=true \
+    run_step "bench $model" 100 "$OUT/bench_$model.md" \
+        "$PY" -m denoiserep bench --output "$WORK/bench_$model" device=cuda bf16=true \
         "models=[$model]" "batch_sizes=[1,64]" repeats=20 warmup=5 train.batch_size=64 \
-        train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress \
-        > "$OUT/bench_$model.txt" 2>&1
-    log "bench $model: exit $?"
+        train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress
+    pack_json
 done
-log "bench vit_base_patch16_224 under torch.compile"
-python -m denoiserep bench --output "$OUT/bench_compile" device=cuda bf16=true \
+run_step "bench vit_base_patch16_224, joint step under torch.compile" 150 "$OUT/bench_compile.md" \
+    "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=cuda bf16=true \
     "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-    train.batch_size=64 train.steps=10 train.warmup=2 train.compile=true export=false \
-    --no-progress > "$OUT/bench_compile.txt" 2>&1
-log "compile bench: exit $?"
+    train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[joint]" \
+    train.compile=true memory=false export=false --no-progress
+pack_json
+log "done"
