@@ -2,8 +2,10 @@
 
 Inductor draws random numbers from its own generator; ``fallback_random`` makes it use
 torch's, so the noise-prediction loss sees the same draws and compiled == eager can be checked.
-(torch 2.11 still draws the joint phase's numbers in another order than eager; the task-loss
-test below has no draws in its value and checks the compiled gradients on any version.)
+torch 2.11 still draws the joint phase's numbers in another order than eager (2.14 does not),
+so there the all-phase test leaves joint out: joint's gradient is the sum of the task loss's,
+checked with no draws by the second test on any version, and the noise loss's, checked in the
+denoiser phase.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def test_compiled_training_step_equals_eager_in_every_phase():
     assert [m.explicit_is_cheaper(torch.zeros(8, 32)) for m in layers.values()][-1]  # the head
     model = copy.deepcopy(eager)
     compiled = torch.compile(model)
-    for phase in ("joint", "backbone", "denoiser"):
+    same_draw_order = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 14)
+    for phase in ("joint", "backbone", "denoiser") if same_draw_order else ("backbone", "denoiser"):
         expected = step(eager, eager, phase, x, y)
         got = step(model, compiled, phase, x, y)
         assert got.item() == pytest.approx(expected.item(), rel=1e-5), phase
