@@ -11,6 +11,8 @@ Two products of W and A_t: :func:`fuse_weight` (the export, float64, exact) and
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -62,10 +64,15 @@ def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -
     return y.movedim(-1, channel_dim)
 
 
+def is_matrix_weight(weight: torch.Tensor, groups: int) -> bool:
+    """Linear and ungrouped 1x1 conv weights: W A_t (and A_t x) are then one GEMM."""
+    return groups == 1 and math.prod(weight.shape[2:]) == 1
+
+
 def channel_product(weight: torch.Tensor, M: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """P[o, i, ...] = sum_j W[o, j, ...] M[j, i] within each group (contiguous, W's shape)."""
     c_out, cg = weight.shape[:2]
-    if groups == 1 and weight[0, 0].numel() == 1:  # Linear and 1x1 convs: one matmul
+    if is_matrix_weight(weight, groups):  # Linear and 1x1 convs: one matmul
         return (weight.reshape(c_out, cg) @ M).reshape(weight.shape)
     w = weight.reshape(groups, c_out // groups, cg, -1)
     return torch.einsum("gojk,gji->goik", w, M.reshape(groups, cg, cg)).reshape(weight.shape)
@@ -75,7 +82,7 @@ def _weight_gram(weight: torch.Tensor, grad: torch.Tensor, groups: int) -> torch
     """R[j, i] = sum_{o, k} W[o, j, k] G[o, i, k] within each group: the gradient of
     :func:`channel_product` with respect to M, in M's compact layout."""
     c_out, cg = weight.shape[:2]
-    if groups == 1 and weight[0, 0].numel() == 1:
+    if is_matrix_weight(weight, groups):
         return weight.reshape(c_out, cg).T @ grad.reshape(c_out, cg)
     w = weight.reshape(groups, c_out // groups, cg, -1)
     g = grad.reshape(groups, c_out // groups, cg, -1)
@@ -83,17 +90,24 @@ def _weight_gram(weight: torch.Tensor, grad: torch.Tensor, groups: int) -> torch
 
 
 class _TrainFusedWeight(torch.autograd.Function):
-    """W' = s W - s k (W D); backward from W and D alone (no A_t or product kept alive)."""
+    """W' = s W - s k (W D); backward from W and D alone (no A_t or product kept alive).
+
+    For a matrix weight each product is one GEMM whose scale and added term ride in the GEMM
+    (``addmm``'s beta and alpha): one kernel where the general path takes four. No in-place
+    updates and no ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed
+    both wrongly inside a custom autograd function (tests/engine/test_compile.py).
+    """
 
     @staticmethod
     def forward(ctx, weight, D, k_t, inv_sqrt_alpha, groups, dtype):  # noqa: ANN001, ANN205
         ctx.save_for_backward(weight, D)
         ctx.coeffs = (k_t, inv_sqrt_alpha, groups)
-        w, d = weight.to(dtype), D.to(dtype)
-        # Out of place, and no add(..., alpha=): under torch.compile, torch 2.11's inductor
-        # computes in-place updates and alpha-scaled adds of a matmul wrongly in a custom
-        # autograd function (tests/engine/test_compile.py). `w` first: the result takes its layout.
-        out = (w - channel_product(w, d, groups) * k_t) * inv_sqrt_alpha
+        w, d, s = weight.to(dtype), D.to(dtype), inv_sqrt_alpha
+        if is_matrix_weight(weight, groups):
+            w2 = w.reshape(w.shape[0], -1)
+            out = torch.addmm(w2, w2, d, beta=s, alpha=-k_t * s).reshape(w.shape)
+        else:  # `w` first: the result takes its layout
+            out = (w - channel_product(w, d, groups) * k_t) * s
         if out.stride() != weight.stride():  # the weight's layout picks the same kernels
             out = torch.empty_like(weight, dtype=dtype).copy_(out)
         return out
@@ -104,6 +118,13 @@ class _TrainFusedWeight(torch.autograd.Function):
         k_t, s, groups = ctx.coeffs
         w, d = weight.to(grad.dtype), D.to(grad.dtype)
         grad_w = grad_d = None
+        if is_matrix_weight(weight, groups):
+            w2, g2 = w.reshape(w.shape[0], -1), grad.reshape(grad.shape[0], -1)
+            if ctx.needs_input_grad[0]:  # s G - s k (G D^T)
+                grad_w = torch.addmm(g2, g2, d.T, beta=s, alpha=-k_t * s).reshape(grad.shape)
+            if ctx.needs_input_grad[1]:  # -s k (W^T G); beta=0: d only gives the shape
+                grad_d = torch.addmm(d, w2.T, g2, beta=0, alpha=-k_t * s)
+            return grad_w, grad_d, None, None, None, None
         if ctx.needs_input_grad[0]:  # s G - s k (G D^T), per group
             d_t = d.reshape(groups, -1, d.shape[1]).transpose(1, 2).reshape(d.shape)
             grad_w = (grad - channel_product(grad, d_t, groups) * k_t) * s

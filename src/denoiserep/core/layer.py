@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -191,20 +192,23 @@ class DenoiseLayer(nn.Module):
         a classifier head or the late 7 x 7 stages of a CNN at small batches."""
         w = self.base_layer.weight
         tokens = x.numel() // self.D.shape[0]
-        return tokens * self.groups < w.shape[0] * w[0, 0].numel()
+        return tokens * self.groups < w.shape[0] * math.prod(w.shape[2:])
 
     def train_denoise_input(self, x: torch.Tensor) -> torch.Tensor:
         """A_t x = (x - k_t D x) / sqrt(alpha_t) for a training forward, differentiable in x
-        and D; D x runs as the layer kind's own op (Linear, or a 1x1 grouped conv), so it
-        follows autocast like the layer does."""
-        if isinstance(self.base_layer, nn.Linear):
-            dx = F.linear(x, self.D)
-        else:
-            nd = self.base_layer.weight.dim() - 2
-            conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-            dx = conv(x, self.D.reshape(*self.D.shape, *[1] * nd), groups=self.groups)
+        and D; it runs as a GEMM (Linear: one ``addmm``, the scale and x riding in it) or a 1x1
+        grouped conv, so it follows autocast like the layer does."""
+        s, k = self._inv_sqrt_alpha, self._k
+        if isinstance(self.base_layer, nn.Linear):  # s x - s k x D^T
+            x2 = x.reshape(-1, x.shape[-1])
+            out = torch.addmm(x2, x2, self.D.T, beta=s, alpha=-k * s).reshape(x.shape)
+            self.precision["A_t·x"] = out.dtype
+            return out
+        nd = self.base_layer.weight.dim() - 2
+        conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+        dx = conv(x, self.D.reshape(*self.D.shape, *[1] * nd), groups=self.groups)
         self.precision["A_t·x"] = dx.dtype
-        return dx.mul_(-self._k).add_(x).mul_(self._inv_sqrt_alpha)  # no alpha=, see fusion.py
+        return dx.mul_(-k).add_(x).mul_(s)  # in place on the fresh product; no alpha= (fusion.py)
 
     # -- forward ----------------------------------------------------------------------------------
     def _base_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
