@@ -1,0 +1,80 @@
+"""Operators one training step launches (forward + backward), per phase, against the baseline.
+
+On a GPU each of these is a kernel launch (views excluded), and a step made of many small kernels
+is bound by launching them rather than by FLOPs: the README's "Training cost" compares these
+counts with the GPU step times. Counted below autograd with a TorchDispatchMode, so the count
+does not depend on the device. The optimizer step is left out (on CUDA, AdamW's foreach
+implementation updates all parameters in a few kernels).
+
+    .venv/bin/python scripts/op_count.py [batch] [model ...]
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import denoiserep as dr
+
+VIEWS = {
+    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "expand", "flatten",
+    "permute", "reshape", "select", "slice", "split", "squeeze", "t", "transpose", "unbind",
+    "unflatten", "unsqueeze", "view",
+}  # fmt: skip
+MODELS = ["vit_small_patch16_224", "resnet50", "swin_tiny_patch4_window7_224"]
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the non-view ATen operators dispatched inside the context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.overloadpacket.__name__
+        if name not in VIEWS:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def step_ops(model: torch.nn.Module, phase: str | None, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Operators of one forward + backward of ``phase`` (None: plain training)."""
+    if phase:
+        dr.set_phase(model, phase)
+    if phase == "denoiser":
+        dr.train_frozen_backbone(model)
+    else:
+        model.train()
+    with CountOps() as counter:
+        out = model(x)
+        loss = dr.denoise_loss(model) if phase else torch.zeros(())
+        if phase != "denoiser":
+            loss = loss + F.cross_entropy(out, y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(counter.counts.values())
+
+
+def main(argv: list[str]) -> None:
+    batch = int(argv[0]) if argv else 4
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, 224, 224), torch.randint(10, (batch,))
+    print(f"| model (batch {batch}) | baseline ops | denoiser | backbone | joint |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in argv[1:] or MODELS:
+        base = step_ops(timm.create_model(name, num_classes=10), None, x, y)
+        model = timm.create_model(name, num_classes=10)
+        model = dr.convert(model, dr.DenoiseConfig(loss_tokens=256), example_input=x[:1])
+        phases = ("denoiser", "backbone", "joint")
+        cells = [f"{step_ops(model, p, x, y) / base:.2f}×" for p in phases]
+        print(f"| {name} | {base} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
