@@ -6,7 +6,9 @@ counts with the GPU step times. Counted below autograd with a TorchDispatchMode,
 does not depend on the device. The optimizer step is left out (on CUDA, AdamW's foreach
 implementation updates all parameters in a few kernels).
 
-    .venv/bin/python scripts/op_count.py [batch] [model ...]
+    .venv/bin/python scripts/op_count.py [--bf16] [batch] [model ...]
+
+``--bf16``: the step under bfloat16 autocast, as GPUs train (casts count too).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_ops(model: torch.nn.Module, phase: str | None, x: torch.Tensor, y: torch.Tensor) -> int:
+def step_ops(
+    model: torch.nn.Module, phase: str | None, x: torch.Tensor, y: torch.Tensor, bf16: bool
+) -> int:
     """Operators of one forward + backward of ``phase`` (None: plain training)."""
     if phase:
         dr.set_phase(model, phase)
@@ -52,27 +56,31 @@ def step_ops(model: torch.nn.Module, phase: str | None, x: torch.Tensor, y: torc
     else:
         model.train()
     with CountOps() as counter:
-        out = model(x)
-        loss = dr.denoise_loss(model) if phase else torch.zeros(())
-        if phase != "denoiser":
-            loss = loss + F.cross_entropy(out, y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            loss = dr.denoise_loss(model) if phase else torch.zeros(())
+            if phase != "denoiser":
+                loss = loss + F.cross_entropy(out.float(), y)
         loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(counter.counts.values())
 
 
 def main(argv: list[str]) -> None:
+    bf16 = "--bf16" in argv
+    argv = [a for a in argv if a != "--bf16"]
     batch = int(argv[0]) if argv else 4
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(10, (batch,))
-    print(f"| model (batch {batch}) | baseline ops | denoiser | backbone | joint |")
+    precision = "bf16 autocast" if bf16 else "float32"
+    print(f"| model (batch {batch}, {precision}) | baseline ops | denoiser | backbone | joint |")
     print("| --- | --- | --- | --- | --- |")
     for name in argv[1:] or MODELS:
-        base = step_ops(timm.create_model(name, num_classes=10), None, x, y)
+        base = step_ops(timm.create_model(name, num_classes=10), None, x, y, bf16)
         model = timm.create_model(name, num_classes=10)
         model = dr.convert(model, dr.DenoiseConfig(loss_tokens=256), example_input=x[:1])
         phases = ("denoiser", "backbone", "joint")
-        cells = [f"{step_ops(model, p, x, y) / base:.2f}×" for p in phases]
+        cells = [f"{step_ops(model, p, x, y, bf16) / base:.2f}×" for p in phases]
         print(f"| {name} | {base} | {' | '.join(cells)} |")
 
 
