@@ -36,12 +36,10 @@ def fuse_weight(weight: torch.Tensor, A: torch.Tensor, groups: int = 1) -> torch
     with weight W' applied to x equals the original layer applied to A x, for any kernel size,
     stride, dilation and padding mode.
     """
-    c_out, cg = weight.shape[:2]
+    cg = weight.shape[1]
     if A.shape != (cg * groups, cg):
         raise ValueError(f"A has shape {tuple(A.shape)}, expected {(cg * groups, cg)}")
-    w = weight.reshape(groups, c_out // groups, cg, -1)
-    a = A.reshape(groups, cg, cg)
-    fused = torch.einsum("gojk,gji->goik", w, a).reshape(weight.shape)
+    fused = channel_product(weight, A, groups)
     # exactly the weight's strides (size-1 dims included): other strides select other kernels
     out = torch.empty_like(weight, dtype=fused.dtype, memory_format=torch.preserve_format)
     return out.copy_(fused)
@@ -70,10 +68,9 @@ def is_matrix_weight(weight: torch.Tensor, groups: int) -> bool:
 
 
 def channel_product(weight: torch.Tensor, M: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """P[o, i, ...] = sum_j W[o, j, ...] M[j, i] within each group (contiguous, W's shape)."""
+    """P[o, i, ...] = sum_j W[o, j, ...] M[j, i] within each group (contiguous, W's shape):
+    any weight kind; training's matrix weights take one ``addmm`` instead (_TrainFusedWeight)."""
     c_out, cg = weight.shape[:2]
-    if is_matrix_weight(weight, groups):  # Linear and 1x1 convs: one matmul
-        return (weight.reshape(c_out, cg) @ M).reshape(weight.shape)
     w = weight.reshape(groups, c_out // groups, cg, -1)
     return torch.einsum("gojk,gji->goik", w, M.reshape(groups, cg, cg)).reshape(weight.shape)
 
@@ -82,8 +79,6 @@ def _weight_gram(weight: torch.Tensor, grad: torch.Tensor, groups: int) -> torch
     """R[j, i] = sum_{o, k} W[o, j, k] G[o, i, k] within each group: the gradient of
     :func:`channel_product` with respect to M, in M's compact layout."""
     c_out, cg = weight.shape[:2]
-    if is_matrix_weight(weight, groups):
-        return weight.reshape(c_out, cg).T @ grad.reshape(c_out, cg)
     w = weight.reshape(groups, c_out // groups, cg, -1)
     g = grad.reshape(groups, c_out // groups, cg, -1)
     return torch.einsum("gojk,goik->gji", w, g).reshape(cg * groups, cg)
