@@ -4,11 +4,13 @@
 #      bf16 products);
 #   2. `denoiserep bench` in bf16 at batch 64 on ViT-B/16, ResNet-50 and Swin-T, one model per
 #      run so that what finished survives a time limit;
-#   3. the joint training step under torch.compile (ViT-B/16).
-# Each step has its own time limit (550 s in all) and writes to $OUT as it finishes:
+#   3. the training phases of ViT-B/16 with `denoise.batch_loss=true` (the noise regression
+#      scored in groups: fewer kernel launches), against the per-layer rows of step 2;
+#   4. the joint training step under torch.compile (ViT-B/16).
+# Each step has its own time limit (570 s in all) and writes to $OUT as it finishes:
 # progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
-# bench_compile.md and results_json.tar.gz (every results.json so far): 7 files, so that
-# a device run that returns at most 8 files brings all of them back.
+# bench_batch_loss.md, bench_compile.md and results_json.tar.gz (every results.json so far):
+# 8 files, so that a device run that returns at most 8 files brings all of them back.
 # Usage (repository root, no install needed): OUT=/some/dir bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ pack_json() { (cd "$WORK" && tar czf - */results.json 2>/dev/null) > "$OUT/resul
 
 { nvidia-smi; "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } \
     >> "$OUT/progress.txt" 2>&1
-run_step "CUDA tests" 100 "$OUT/cuda_tests.txt" \
+run_step "CUDA tests" 70 "$OUT/cuda_tests.txt" \
     "$PY" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py
 for model in vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224; do
     run_step "bench $model" 100 "$OUT/bench_$model.md" \
@@ -39,7 +41,13 @@ for model in vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224; do
         train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress
     pack_json
 done
-run_step "bench vit_base_patch16_224, joint step under torch.compile" 150 "$OUT/bench_compile.md" \
+run_step "bench vit_base_patch16_224, training with batch_loss" 80 "$OUT/bench_batch_loss.md" \
+    "$PY" -m denoiserep bench --output "$WORK/bench_batch_loss" device=cuda bf16=true \
+    "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+    train.batch_size=64 train.steps=10 train.warmup=2 train.profile_top=12 \
+    denoise.batch_loss=true export=false --no-progress
+pack_json
+run_step "bench vit_base_patch16_224, joint step under torch.compile" 120 "$OUT/bench_compile.md" \
     "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=cuda bf16=true \
     "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
     train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[joint]" \

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 OBJECTIVE = ["tests/core/test_objective.py"]
 LOSS_KINDS = [*OBJECTIVE, "tests/core/test_convert.py::test_loss_kinds_and_fraction"]
+BATCH_LOSS = ["tests/core/test_batch_loss.py"]
 SCHEDULE = ["tests/core/test_schedule_closed_form.py"]
 RERANK = ["tests/reid/test_rerank_reference.py"]
 TORCHRUN = ["tests/engine/test_torchrun_phases.py", "-k", "rank_invariant and joint"]
@@ -67,36 +68,50 @@ MUTANTS = [
     Mutant(
         "l1 computed as mse",
         "core/layer.py",
-        'if self.loss == "l1":\n            return F.l1_loss(pred, eps)',
-        'if self.loss == "l1":\n            return F.mse_loss(pred, eps)',
+        'if kind == "l1":\n        return mean(F.l1_loss)',
+        'if kind == "l1":\n        return mean(F.mse_loss)',
         LOSS_KINDS,
     ),
     Mutant(
         "l1+l2 computed as l1",
         "core/layer.py",
-        "return F.l1_loss(pred, eps) + F.mse_loss(pred, eps)",
-        "return F.l1_loss(pred, eps)",
+        "return mean(F.l1_loss) + mean(F.mse_loss)",
+        "return mean(F.l1_loss)",
         LOSS_KINDS,
     ),
     Mutant(
         "mse computed as l1",
         "core/layer.py",
-        'if self.loss == "mse":\n            return F.mse_loss(pred, eps)',
-        'if self.loss == "mse":\n            return F.l1_loss(pred, eps)',
+        'if kind == "mse":\n        return mean(F.mse_loss)',
+        'if kind == "mse":\n        return mean(F.l1_loss)',
         LOSS_KINDS,
     ),
     Mutant(
         "denoiser applied transposed (D^T x_t)",
         "core/layer.py",
-        "pred = apply_channel_map(a * x0 + b * eps, self.D).float()",
-        "pred = apply_channel_map(a * x0 + b * eps, self.D.T).float()",
+        "pred = apply_channel_map(a * x0 + b * eps, self.D.float())",
+        "pred = apply_channel_map(a * x0 + b * eps, self.D.float().T)",
         LOSS_KINDS,
+    ),
+    Mutant(
+        "batch_loss: noise coefficients swapped",
+        "core/layer.py",
+        "a, b = _noise_coefficients(",
+        "b, a = _noise_coefficients(",
+        BATCH_LOSS,
+    ),
+    Mutant(
+        "batch_loss: each layer scored with another layer's D",
+        "core/layer.py",
+        "maps = zip(xt.unbind(), group, strict=True)",
+        "maps = zip(xt.unbind(), group[::-1], strict=True)",
+        BATCH_LOSS,
     ),
     Mutant(
         "loss_fraction ignored",
         "core/layer.py",
-        "m = max(1, round(self.loss_fraction * n))",
-        "m = n",
+        "else max(1, round(self.loss_fraction * n))",
+        "else n",
         LOSS_KINDS,
     ),
     Mutant(

@@ -6,9 +6,10 @@ counts with the GPU step times. Counted below autograd with a TorchDispatchMode,
 does not depend on the device. The optimizer step is left out (on CUDA, AdamW's foreach
 implementation updates all parameters in a few kernels).
 
-    .venv/bin/python scripts/op_count.py [--bf16] [batch] [model ...]
+    .venv/bin/python scripts/op_count.py [--bf16] [--batch-loss] [batch] [model ...]
 
 ``--bf16``: the step under bfloat16 autocast, as GPUs train (casts count too).
+``--batch-loss``: ``DenoiseConfig(batch_loss=True)``, the noise regression scored in groups.
 """
 
 from __future__ import annotations
@@ -67,18 +68,22 @@ def step_ops(
 
 
 def main(argv: list[str]) -> None:
-    bf16 = "--bf16" in argv
-    argv = [a for a in argv if a != "--bf16"]
+    bf16, batch_loss = "--bf16" in argv, "--batch-loss" in argv
+    argv = [a for a in argv if a not in ("--bf16", "--batch-loss")]
     batch = int(argv[0]) if argv else 4
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(10, (batch,))
     precision = "bf16 autocast" if bf16 else "float32"
-    print(f"| model (batch {batch}, {precision}) | baseline ops | denoiser | backbone | joint |")
+    loss = ", batch_loss" if batch_loss else ""
+    print(
+        f"| model (batch {batch}, {precision}{loss}) | baseline ops | denoiser | backbone | joint |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for name in argv[1:] or MODELS:
         base = step_ops(timm.create_model(name, num_classes=10), None, x, y, bf16)
         model = timm.create_model(name, num_classes=10)
-        model = dr.convert(model, dr.DenoiseConfig(loss_tokens=256), example_input=x[:1])
+        cfg = dr.DenoiseConfig(loss_tokens=256, batch_loss=batch_loss)
+        model = dr.convert(model, cfg, example_input=x[:1])
         phases = ("denoiser", "backbone", "joint")
         cells = [f"{step_ops(model, p, x, y, bf16) / base:.2f}×" for p in phases]
         print(f"| {name} | {base} | {' | '.join(cells)} |")

@@ -3,7 +3,7 @@
 * eval-mode converted model == fused model, bit for bit, on CUDA (Linear, Conv, depthwise);
 * fused == explicit reference (reverse step before each original layer) with TF32 off;
 * a bf16-autocast joint training step gives a finite loss and finite, non-zero gradients for
-  every denoiser;
+  every denoiser, with the per-layer and the grouped (``batch_loss``) noise regression;
 * the bf16 training path (``fit`` with ``amp=True``) stays close to the float32 one;
 * under bf16 autocast W A_t runs in bf16 (one rounding from float32) and D x_t in float32.
 
@@ -88,11 +88,12 @@ def small_convnet() -> nn.Module:
     )
 
 
-def check_bf16_joint_step(device: str) -> None:
+def check_bf16_joint_step(device: str, batch_loss: bool = False) -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 3, 8, 8, device=device)
     y = torch.randint(0, 5, (8,), device=device)
-    model = dr.convert(small_convnet().to(device), dr.DenoiseConfig(loss_weight=0.1), x[:2])
+    cfg = dr.DenoiseConfig(loss_weight=0.1, loss_tokens=32, batch_loss=batch_loss)
+    model = dr.convert(small_convnet().to(device), cfg, x[:2])
     randomize_denoisers(model, 0.1)
     dr.set_phase(model, "joint")
     model.train()
@@ -170,8 +171,9 @@ def test_cuda_fused_equals_eval_bit_for_bit(name):
     check_fused_equals_eval(name, "cuda")
 
 
-def test_cuda_bf16_autocast_joint_step():
-    check_bf16_joint_step("cuda")
+@pytest.mark.parametrize("batch_loss", [False, True])
+def test_cuda_bf16_autocast_joint_step(batch_loss):
+    check_bf16_joint_step("cuda", batch_loss)
 
 
 def test_cuda_bf16_training_close_to_float32(tmp_path):

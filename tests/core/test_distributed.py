@@ -1,4 +1,5 @@
-"""A converted model trains under DistributedDataParallel (2 CPU processes, gloo)."""
+"""A converted model trains under DistributedDataParallel (2 CPU processes, gloo), also with
+``batch_loss``, whose noise regression runs after DDP's forward (in ``denoise_loss``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from torch import nn
 
 import denoiserep as dr
 
+RUNS = {"backbone": False, "joint": False, "denoiser+batch_loss": True, "joint+batch_loss": True}
 
-def make_model() -> nn.Module:
+
+def make_model(batch_loss: bool = False) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5))
-    model = dr.convert(net, dr.DenoiseConfig(), torch.randn(1, 3, 4, 4))
+    model = dr.convert(net, dr.DenoiseConfig(batch_loss=batch_loss), torch.randn(1, 3, 4, 4))
     with torch.no_grad():
         for layer in dr.denoise_layers(model).values():
             layer.D.normal_(0, 1.0)
@@ -40,13 +43,14 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     x, y = data()
     shard = slice(rank * 4, rank * 4 + 4)
     results = {}
-    for phase in ("backbone", "joint"):
-        model = make_model()
+    for run, batch_loss in RUNS.items():
+        phase = run.split("+")[0]
+        model = make_model(batch_loss)
         dr.set_phase(model, phase)
         model.train()
         ddp = nn.parallel.DistributedDataParallel(model)
         train(ddp, x[shard], y[shard], phase)
-        results[phase] = {k: v.clone() for k, v in model.state_dict().items()}
+        results[run] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(results, f"{out}.{rank}")
     dist.destroy_process_group()
 
@@ -56,12 +60,16 @@ def test_ddp_two_processes(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
     r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     start = make_model().state_dict()
-    for phase in ("backbone", "joint"):
-        for k in r0[phase]:
-            torch.testing.assert_close(r0[phase][k], r1[phase][k])  # ranks stay in sync
-    # joint: the denoisers learned; backbone: they did not
-    assert not torch.equal(r0["joint"]["0.D"], start["0.D"])
+    for run in RUNS:
+        for k in r0[run]:
+            torch.testing.assert_close(r0[run][k], r1[run][k])  # ranks stay in sync
+    # joint and denoiser: the denoisers learned; backbone: they did not
+    for run in ("joint", "denoiser+batch_loss", "joint+batch_loss"):
+        assert not torch.equal(r0[run]["0.D"], start["0.D"]), run
     assert torch.equal(r0["backbone"]["0.D"], start["0.D"])
+    assert torch.equal(
+        r0["denoiser+batch_loss"]["0.base_layer.weight"], start["0.base_layer.weight"]
+    )
     # backbone phase is deterministic: DDP over 2 shards == one process on the whole batch
     single = make_model()
     dr.set_phase(single, "backbone")

@@ -61,10 +61,13 @@ def step(model: nn.Module, runner: nn.Module, phase: str, x, y) -> torch.Tensor:
     return loss.detach()
 
 
-def test_compiled_training_step_equals_eager_in_every_phase():
+@pytest.mark.parametrize("batch_loss", [False, True])
+def test_compiled_training_step_equals_eager_in_every_phase(batch_loss):
+    """With ``batch_loss`` the compiled forward samples the tokens and ``denoise_loss`` scores
+    them eagerly afterwards."""
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
-    eager = dr.convert(convnet(), dr.DenoiseConfig(loss_tokens=32), x)
+    eager = dr.convert(convnet(), dr.DenoiseConfig(loss_tokens=32, batch_loss=batch_loss), x)
     randomize_denoisers(eager, 0.1)
     layers = dr.denoise_layers(eager)
     assert [m.explicit_is_cheaper(torch.zeros(8, 32)) for m in layers.values()][-1]  # the head

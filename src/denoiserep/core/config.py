@@ -253,6 +253,14 @@ class DenoiseConfig:
         loss_tokens: at most this many tokens / pixels per layer and step (0: no cap). The
             loss is an average, so a sample estimates it without bias; its cost is
             tokens x C_in^2 per layer, which at large batches rivals the layer's own forward.
+        batch_loss: compute the noise-prediction losses in :func:`denoiserep.denoise_loss`,
+            all layers with equal input width and token count together (one noise draw, one
+            x_t and one loss reduction per group, one D·x_t per layer, instead of about ten
+            small operators per layer: fewer kernel launches on a GPU). The losses then exist
+            only once ``denoise_loss`` / ``denoise_losses`` is called (with gradients enabled,
+            outside a compiled forward); the noise draws differ from the per-layer path (same
+            distribution). Use it with ``loss_tokens``: each layer's sampled input waits until
+            that call.
 
     Values are converted as YAML gives them: ``loss_weight="1e-3"`` is the number 0.001.
     """
@@ -268,6 +276,7 @@ class DenoiseConfig:
     loss_weight: float = 0.01
     loss_fraction: float = 1.0
     loss_tokens: int = 0
+    batch_loss: bool = False
 
     def __post_init__(self) -> None:
         coerce_fields(self)

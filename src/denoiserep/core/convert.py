@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import DenoiseConfig
-from .layer import PHASES, SUPPORTED_TYPES, DenoiseLayer, is_supported
+from .layer import PHASES, SUPPORTED_TYPES, DenoiseLayer, compute_pending_losses, is_supported
 
 _STATE = "_denoiserep"
 _KIND_TYPES = {
@@ -227,6 +227,7 @@ def convert(
             config.loss,
             config.loss_fraction,
             config.loss_tokens,
+            config.batch_loss,
         )
         _replace(model, module, layer)
     frozen = frozenset(n for n, p in model.named_parameters() if not p.requires_grad)
@@ -291,8 +292,14 @@ def denoiser_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def denoise_losses(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per-layer noise-prediction losses of the last training forward (for logging)."""
-    return {n: m.last_loss for n, m in denoise_layers(model).items() if m.last_loss is not None}
+    """Per-layer noise-prediction losses of the last training forward (for logging).
+
+    With ``DenoiseConfig.batch_loss`` the first call after a forward computes them (grouped,
+    :func:`~denoiserep.core.layer.compute_pending_losses`); later calls return the same tensors.
+    """
+    layers = denoise_layers(model)
+    compute_pending_losses(layers.values())
+    return {n: m.last_loss for n, m in layers.items() if m.last_loss is not None}
 
 
 def denoise_loss(model: nn.Module) -> torch.Tensor:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,9 @@ class DenoiseLayer(nn.Module):
     """A target layer y = W x + b with a denoiser D predicting the noise in its input x.
 
     * training, phase ``denoiser``: output of the original layer (bit for bit); D learns from
-      the noise-prediction loss on the layer's detached input.
+      the noise-prediction loss on the layer's detached input (``last_loss``; with
+      ``batch_loss`` the sampled input waits until :func:`compute_pending_losses` scores it
+      with its group's, at ``denoise_loss``).
     * training, phase ``backbone`` / ``joint``: output of the fused layer W A_t, differentiable
       in W (and in D for ``joint``), computed in the autocast dtype when autocast is on
       (:func:`~denoiserep.core.fusion.train_fused_weight`); for layers that see few tokens
@@ -45,6 +49,7 @@ class DenoiseLayer(nn.Module):
         loss: str = "mse",
         loss_fraction: float = 1.0,
         loss_tokens: int = 0,
+        batch_loss: bool = False,
     ) -> None:
         super().__init__()
         if not is_supported(base_layer):
@@ -61,12 +66,14 @@ class DenoiseLayer(nn.Module):
         self.loss = loss
         self.loss_fraction = loss_fraction
         self.loss_tokens = loss_tokens
+        self.batch_loss = batch_loss
         self.precision: dict[
             str, torch.dtype
         ] = {}  # dtype of each product in the last training forward
         self.phase = "joint"
         self.explicit = False
         self.last_loss: torch.Tensor | None = None
+        self._pending: torch.Tensor | None = None  # sampled input awaiting its batched loss
         self._eval_cache: tuple[tuple, torch.Tensor] | None = None
         self.t = t
         self.train(base_layer.training)
@@ -170,11 +177,7 @@ class DenoiseLayer(nn.Module):
             a, b = self._noise
             pred = apply_channel_map(a * x0 + b * eps, self.D.float())
         self.precision["D·x_t"] = pred.dtype
-        if self.loss == "mse":
-            return F.mse_loss(pred, eps)
-        if self.loss == "l1":
-            return F.l1_loss(pred, eps)
-        return F.l1_loss(pred, eps) + F.mse_loss(pred, eps)
+        return _score(pred, eps, self.loss)
 
     def train_weight(self) -> torch.Tensor:
         """W A_t for a training forward: in the autocast dtype under autocast (float32 weights
@@ -217,13 +220,15 @@ class DenoiseLayer(nn.Module):
         return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.last_loss = None
+        self.last_loss = self._pending = None
         self.precision.clear()
         if not self.training:
             if self.explicit:
                 return self.base_layer(self.denoise_input(x))
             return self._base_forward(x, self._exact_fused_weight())
-        if self.phase != "backbone":
+        if self.phase != "backbone" and self.batch_loss:
+            self._pending = self._tokens(x.detach())  # scored by compute_pending_losses
+        elif self.phase != "backbone":
             self.last_loss = self.noise_prediction_loss(x)
         if self.phase == "denoiser":
             return self.base_layer(x)
@@ -241,10 +246,68 @@ class DenoiseLayer(nn.Module):
         return fused
 
     def __getstate__(self) -> dict:
-        # Copies and pickles drop the last loss (a graph node) and the eval-weight cache.
+        # Copies and pickles drop the last loss (a graph node), the input awaiting its batched
+        # loss and the eval-weight cache.
         state = dict(super().__getstate__())
-        state.update(last_loss=None, _eval_cache=None)
+        state.update(last_loss=None, _pending=None, _eval_cache=None)
         return state
 
     def extra_repr(self) -> str:
         return f"t={self._t}, k_t={self._k:.4g}, phase={self.phase}, D={tuple(self.D.shape)}"
+
+
+def _score(
+    pred: torch.Tensor, eps: torch.Tensor, kind: str, dim: tuple | None = None
+) -> torch.Tensor:
+    """The noise-prediction loss ``kind``: a mean over all entries, or over ``dim``."""
+
+    def mean(loss_fn) -> torch.Tensor:  # noqa: ANN001
+        return loss_fn(pred, eps) if dim is None else loss_fn(pred, eps, reduction="none").mean(dim)
+
+    if kind == "mse":
+        return mean(F.mse_loss)
+    if kind == "l1":
+        return mean(F.l1_loss)
+    return mean(F.l1_loss) + mean(F.mse_loss)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_coefficients(
+    noise: tuple[tuple[float, float], ...], device: torch.device
+) -> torch.Tensor:
+    """(a, b) of each layer of a group as a ``(2, L, 1, 1)`` float32 tensor on ``device``, made
+    once: a fresh host-to-GPU copy every step would wait for the GPU to catch up."""
+    return torch.tensor(noise, dtype=torch.float32, device=device).T.reshape(2, -1, 1, 1)
+
+
+def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
+    """Score the inputs that the last forward of ``batch_loss`` layers left pending.
+
+    Layers whose sampled inputs have equal shapes (and equal loss kind) form a group, scored
+    together: one noise draw, one x_t and one loss reduction per group, with one D·x_t product
+    per layer, instead of about ten small operators per layer (on a GPU, each one a kernel
+    launch). Each layer's ``last_loss`` is its own mean, as in the per-layer path; only the
+    draws differ. Groups are scored in the order of ``layers`` (execution order, as
+    ``denoise_layers`` gives them), so a seed fixes the draws.
+    """
+    groups: dict[tuple, list[DenoiseLayer]] = {}
+    for layer in layers:
+        if layer._pending is not None:
+            x0 = layer._pending
+            key = (tuple(x0.shape), x0.device, layer.loss)
+            groups.setdefault(key, []).append(layer)
+    for (_, device, kind), group in groups.items():
+        with torch.autocast(device.type, enabled=False):
+            xt = torch.stack([layer._pending for layer in group]).float()  # a fresh copy
+            for layer in group:
+                layer._pending = None  # freed as soon as stacked
+            eps = torch.randn_like(xt)
+            a, b = _noise_coefficients(tuple(layer._noise for layer in group), device)
+            xt.mul_(a).addcmul_(b, eps)  # x_t = a x_0 + b eps, in place: no group-sized temporaries
+            # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
+            maps = zip(xt.unbind(), group, strict=True)
+            pred = torch.stack([apply_channel_map(x, m.D.float()) for x, m in maps])
+            losses = _score(pred, eps, kind, dim=(1, 2))
+        for layer, loss in zip(group, losses.unbind(), strict=True):
+            layer.last_loss = loss
+            layer.precision["D·x_t"] = pred.dtype
