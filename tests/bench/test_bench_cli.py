@@ -23,6 +23,7 @@ TRAIN_FIELDS = {
     "peak_mb",
     "peak_ratio",
     "gflops_per_step",
+    "gflops_float32",
     "gflops_ratio",
     "top_ops",
 }
@@ -66,6 +67,7 @@ def test_bench_tiny_writes_every_result(tmp_path, capsys):
         for row in train["variants"].values():
             assert TRAIN_FIELDS <= set(row) and len(row["top_ops"]) == 3
             assert row["median_ms"] > 0 and row["peak_mb"] > 0 and row["gflops_per_step"] > 0
+            assert row["gflops_float32"] == row["gflops_per_step"]  # a float32 bench
         assert EXPORT_FIELDS <= set(rep["export"])
         assert rep["export"]["onnx_ok"] and rep["export"]["onnx_max_abs_diff"] < 1e-4
         assert rep["export"]["torch_export_ok"] and rep["export"]["strict_reload_ok"]
@@ -84,6 +86,8 @@ def test_bench_tiny_writes_every_result(tmp_path, capsys):
     assert profile.count("| resnet10t | joint | `") == 3
     assert profile.count("| vit_tiny_patch16_224 | baseline | `") == 3
     assert markdown.count("| final_feature |") == 4
+    assert markdown.count("| 100.0 % |") == 2 * 4  # FLOPs in float32, per training row
+    assert "resnet10t, joint: of the " in markdown and "GFLOPs it adds" in markdown
     assert (out / "bench.png").stat().st_size > 10_000
     assert "### Inference" in capsys.readouterr().out
 

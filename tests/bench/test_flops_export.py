@@ -17,7 +17,7 @@ from denoiserep.bench.export import (
     export_onnx,
 )
 from denoiserep.bench.final_feature import FinalFeatureDenoiser
-from denoiserep.bench.flops import count_flops, count_parameters
+from denoiserep.bench.flops import count_flops, count_parameters, flops_by_dtype, flops_of
 from tests.conftest import randomize_denoisers, rel_err
 
 VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=10)
@@ -70,6 +70,30 @@ def test_explicit_denoising_and_final_feature_flops_by_hand():
     schedule = dr.DenoiseConfig().build_schedule()
     final = FinalFeatureDenoiser.from_timm(baseline, schedule, steps=20)
     assert count_flops(final, x) - count_flops(baseline, x) == 20 * 2 * 64 * 64
+
+
+def test_flops_by_dtype_splits_a_bf16_training_step_by_hand():
+    # one Linear 16 -> 8 on 32 tokens (more than its 8 outputs: it trains through W A_t);
+    # the noise regression samples 5 tokens
+    model = dr.convert(
+        torch.nn.Sequential(torch.nn.Linear(16, 8)),
+        dr.DenoiseConfig(loss_tokens=5),
+        torch.ones(2, 16),
+    )
+    x = torch.randn(32, 16)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().sum() + dr.denoise_loss(model)
+        loss.backward()
+
+    by_dtype = flops_by_dtype(step)
+    assert sum(by_dtype.values()) == flops_of(step)
+    # bf16: W A_t and its two backward products (8 x 16 x 16 each), the layer's forward and its
+    # weight gradient (32 x 16 x 8 each; x needs no gradient)
+    assert by_dtype["bfloat16"] == 2 * (3 * 8 * 16 * 16 + 2 * 32 * 16 * 8)
+    # float32: the regression D x_t on 5 tokens and its D-gradient
+    assert by_dtype["float32"] == 2 * (2 * 5 * 16 * 16)
 
 
 def test_onnx_round_trip_matches_pytorch(tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -25,6 +25,29 @@ def flops_of(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def flops_by_dtype(fn: Callable[[], Any]) -> dict[str, int]:
+    """:func:`flops_of`, split by the dtype each product ran in (that of its first tensor
+    input), e.g. ``{"bfloat16": ..., "float32": ...}``: under autocast, the work that stayed in
+    float32."""
+    counts: dict[str, int] = {}
+
+    def by_dtype(formula: Callable[..., int]) -> Callable[..., int]:
+        def count(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
+            flops = formula(*args, out_val=out_val, **kwargs)
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            dtype = str(first.dtype).removeprefix("torch.") if first is not None else "other"
+            counts[dtype] = counts.get(dtype, 0) + flops
+            return flops
+
+        count._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode: pass tensors
+        return count
+
+    mapping = {op: by_dtype(formula) for op, formula in flop_registry.items()}
+    with FlopCounterMode(display=False, custom_mapping=mapping):
+        fn()
+    return counts
 
 
 @torch.no_grad()

@@ -71,6 +71,30 @@ def _precision(products: dict[str, str] | None) -> str:
     return ", ".join(f"{p} {dtype}" for p, dtype in products.items()) if products else "-"
 
 
+def _float32_share(row: dict[str, Any]) -> str:
+    if row.get("gflops_float32") is None or not row["gflops_per_step"]:
+        return "-"
+    return f"{100 * row['gflops_float32'] / row['gflops_per_step']:.1f} %"
+
+
+def _added_float32(trained: dict[str, dict[str, Any]]) -> list[str]:
+    """Of the FLOPs each phase adds to the baseline's step, the share that ran in float32
+    (under autocast: the work left off the fast path)."""
+    lines = []
+    for name, train in trained.items():
+        base = train["variants"]["baseline"]
+        for v, row in train["variants"].items():
+            added = row["gflops_per_step"] - base["gflops_per_step"]
+            if v == "baseline" or added <= 0 or row.get("gflops_float32") is None:
+                continue
+            added32 = row["gflops_float32"] - base["gflops_float32"]
+            lines.append(
+                f"\n{name}, {v}: of the {added:.2f} GFLOPs it adds to the baseline's step, "
+                f"{100 * added32 / added:.1f} % ran in float32."
+            )
+    return lines
+
+
 def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "### Training (one AdamW step: forward, loss, backward, update)",
@@ -79,8 +103,8 @@ def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
         "the export (`dr.fuse`) always computes W·A_t in float64.",
         "",
         "| model | batch | variant | step ms (median, IQR) | × baseline | peak MB "
-        "| × baseline | GFLOPs/step | × baseline | products ran in |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| × baseline | GFLOPs/step | × baseline | in float32 | products ran in |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, train in trained.items():
         for v, row in train["variants"].items():
@@ -90,8 +114,9 @@ def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
                 f"{row['median_ms']:.1f} ({row['iqr_ms']:.1f}) | {row['step_ratio']:.3f} | "
                 f"{_num(row['peak_mb'], '.1f')} | {_num(row['peak_ratio'], '.3f')} | "
                 f"{row['gflops_per_step']:.2f} | {row['gflops_ratio']:.3f} | "
-                f"{_precision(row.get('precision'))} |"
+                f"{_float32_share(row)} | {_precision(row.get('precision'))} |"
             )
+    lines += _added_float32(trained)
     for name, train in trained.items():
         if "denoiser_adamw_mb" in train:
             state, base = train["denoiser_adamw_mb"], train["variants"]["baseline"]["peak_mb"]

@@ -16,7 +16,7 @@ import denoiserep as dr
 from denoiserep.engine.optim import build_optimizer
 
 from .config import MB, BenchConfig
-from .flops import flops_of
+from .flops import flops_by_dtype
 from .latency import time_interleaved
 from .measure import autocast, ratio, stats_ms
 from .memory import module_tensors, optimizer_tensors, peak_memory, tensor_bytes
@@ -105,7 +105,11 @@ def training_cost(
         for name, model in models.items():
             phase = None if name == "baseline" else name
             step, optimizer = train_step(model, phase, x, y, cfg)
-            rows[name] = {"gflops_per_step": flops_of(step) / 1e9}  # an eager step
+            flops = flops_by_dtype(step)  # an eager step
+            rows[name] = {
+                "gflops_per_step": sum(flops.values()) / 1e9,
+                "gflops_float32": flops.get("float32", 0) / 1e9,
+            }
             if tc.compile:
                 step, _ = train_step(model, phase, x, y, cfg, optimizer, compiled=True)
                 step()  # compiles
