@@ -226,10 +226,11 @@ class DenoiseLayer(nn.Module):
             if self.explicit:
                 return self.base_layer(self.denoise_input(x))
             return self._base_forward(x, self._exact_fused_weight())
-        if self.phase != "backbone" and self.batch_loss:
-            self._pending = self._tokens(x.detach())  # scored by compute_pending_losses
-        elif self.phase != "backbone":
-            self.last_loss = self.noise_prediction_loss(x)
+        if self.phase != "backbone":
+            if self.batch_loss:
+                self._pending = self._tokens(x.detach())  # scored by compute_pending_losses
+            else:
+                self.last_loss = self.noise_prediction_loss(x)
         if self.phase == "denoiser":
             return self.base_layer(x)
         # the same layer output either way (exact algebra); compute the cheaper product
