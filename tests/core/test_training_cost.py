@@ -2,6 +2,7 @@
 
 * ``train_fused_weight`` is the export product (float64 ``fuse_weight``) in value and has
   autograd's gradients (gradcheck) for Linear, ConvNd, grouped and depthwise weights;
+* an ungrouped weight of any kernel size takes one GEMM each way (three in all);
 * layers that see few tokens compute W (A_t x) instead, with the same output and gradients;
 * a training forward keeps no A_t, no product and no cast copy alive for backward;
 * under bfloat16 autocast W A_t runs in bfloat16 within bf16 rounding of the float32 path,
@@ -11,11 +12,13 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import denoiserep as dr
 from denoiserep.core.fusion import train_fused_weight
@@ -49,6 +52,39 @@ def test_train_product_keeps_the_weights_memory_layout():
     W = torch.randn(6, 4, 3, 3).to(memory_format=torch.channels_last)
     out = train_fused_weight(W, torch.randn(4, 4), 0.1, 1.0)
     assert out.stride() == W.stride()
+
+
+class _CountOps(TorchDispatchMode):
+    """The ATen operators dispatched inside the context (on a GPU, each a kernel launch or an
+    allocation), views excluded."""
+
+    VIEWS = {"view", "reshape", "permute", "transpose", "t", "_unsafe_view", "detach", "alias"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func.overloadpacket.__name__ not in self.VIEWS:
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ungrouped_conv_product_is_one_gemm_each_way(layout):
+    # a k x k weight's W A_t is the GEMM of its (C_out * taps, C_in) rows with A_t: one addmm
+    # forward and one per gradient, the scale and the added term inside; channels-last rows
+    # are a view of the weight, so nothing else runs; contiguous ones take a copy in and out
+    W = torch.randn(8, 6, 3, 3, requires_grad=True)
+    D = torch.randn(6, 6, requires_grad=True)
+    if layout == "channels_last":
+        W = W.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    with _CountOps() as ops:
+        out = train_fused_weight(W, D, 0.1, 1.2)
+        out.backward(torch.randn_like(out))
+    assert out.stride() == W.stride() and W.grad.stride() == W.stride()
+    copies = {"clone": 3, "empty_like": 2, "copy_": 2} if layout == "contiguous" else {}
+    assert ops.counts == {"randn_like": 1, "addmm": 3, **copies}
 
 
 def _saved_bytes(fn, module: nn.Module) -> dict[str, int]:

@@ -62,14 +62,33 @@ def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -
     return y.movedim(-1, channel_dim)
 
 
-def is_matrix_weight(weight: torch.Tensor, groups: int) -> bool:
-    """Linear and ungrouped 1x1 conv weights: W A_t (and A_t x) are then one GEMM."""
-    return groups == 1 and math.prod(weight.shape[2:]) == 1
+def _rows(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` (C_out, C_in, *k) in ``dtype`` as the (C_out * taps, C_in) matrix W_r with one
+    row per output channel and kernel tap, so that W A_t is the GEMM W_r A_t: a view for Linear,
+    1x1 and channels-last weights, else one copy (which also does the cast)."""
+    moved = weight.movedim(1, -1)
+    if moved.dtype != dtype:  # the cast's copy lays the rows out
+        moved = moved.to(dtype, memory_format=torch.contiguous_format)
+    return moved.contiguous().reshape(-1, weight.shape[1])
+
+
+def _unrows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_rows`, with exactly ``weight``'s strides (size-1 dims included:
+    other strides select other kernels)."""
+    taps = weight.shape[2:]
+    if math.prod(taps) == 1:
+        out = rows.reshape(weight.shape)
+    else:
+        out = rows.reshape(weight.shape[0], *taps, weight.shape[1]).movedim(-1, 1)
+    if out.stride() != weight.stride():
+        out = torch.empty_like(weight, dtype=rows.dtype).copy_(out)
+    return out
 
 
 def channel_product(weight: torch.Tensor, M: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """P[o, i, ...] = sum_j W[o, j, ...] M[j, i] within each group (contiguous, W's shape):
-    any weight kind; training's matrix weights take one ``addmm`` instead (_TrainFusedWeight)."""
+    any weight kind and groups; training's ungrouped weights take one ``addmm`` instead
+    (_TrainFusedWeight)."""
     c_out, cg = weight.shape[:2]
     w = weight.reshape(groups, c_out // groups, cg, -1)
     return torch.einsum("gojk,gji->goik", w, M.reshape(groups, cg, cg)).reshape(weight.shape)
@@ -87,22 +106,24 @@ def _weight_gram(weight: torch.Tensor, grad: torch.Tensor, groups: int) -> torch
 class _TrainFusedWeight(torch.autograd.Function):
     """W' = s W - s k (W D); backward from W and D alone (no A_t or product kept alive).
 
-    For a matrix weight each product is one GEMM whose scale and added term ride in the GEMM
-    (``addmm``'s beta and alpha): one kernel where the general path takes four. No in-place
-    updates and no ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed
-    both wrongly inside a custom autograd function (tests/engine/test_compile.py).
+    An ungrouped weight of any kernel size is one GEMM on its (C_out * taps, C_in) rows
+    (:func:`_rows`), the scale and the added term riding in it (``addmm``'s beta and alpha):
+    for Linear, 1x1 and channels-last weights one kernel each way, else with a copy in and
+    out. Grouped weights take the per-group einsum. No in-place updates and no
+    ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed both wrongly
+    inside a custom autograd function (tests/engine/test_compile.py).
     """
 
     @staticmethod
     def forward(ctx, weight, D, k_t, inv_sqrt_alpha, groups, dtype):  # noqa: ANN001, ANN205
         ctx.save_for_backward(weight, D)
         ctx.coeffs = (k_t, inv_sqrt_alpha, groups)
-        w, d, s = weight.to(dtype), D.to(dtype), inv_sqrt_alpha
-        if is_matrix_weight(weight, groups):
-            w2 = w.reshape(w.shape[0], -1)
-            out = torch.addmm(w2, w2, d, beta=s, alpha=-k_t * s).reshape(w.shape)
-        else:  # `w` first: the result takes its layout
-            out = (w - channel_product(w, d, groups) * k_t) * s
+        d, s = D.to(dtype), inv_sqrt_alpha
+        if groups == 1:
+            w2 = _rows(weight, dtype)
+            return _unrows(torch.addmm(w2, w2, d, beta=s, alpha=-k_t * s), weight)
+        w = weight.to(dtype)  # `w` first: the result takes its layout
+        out = (w - channel_product(w, d, groups) * k_t) * s
         if out.stride() != weight.stride():  # the weight's layout picks the same kernels
             out = torch.empty_like(weight, dtype=dtype).copy_(out)
         return out
@@ -111,15 +132,16 @@ class _TrainFusedWeight(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         weight, D = ctx.saved_tensors
         k_t, s, groups = ctx.coeffs
-        w, d = weight.to(grad.dtype), D.to(grad.dtype)
+        d = D.to(grad.dtype)
         grad_w = grad_d = None
-        if is_matrix_weight(weight, groups):
-            w2, g2 = w.reshape(w.shape[0], -1), grad.reshape(grad.shape[0], -1)
+        if groups == 1:
+            g2 = _rows(grad, grad.dtype)
             if ctx.needs_input_grad[0]:  # s G - s k (G D^T)
-                grad_w = torch.addmm(g2, g2, d.T, beta=s, alpha=-k_t * s).reshape(grad.shape)
+                grad_w = _unrows(torch.addmm(g2, g2, d.T, beta=s, alpha=-k_t * s), weight)
             if ctx.needs_input_grad[1]:  # -s k (W^T G); beta=0: d only gives the shape
-                grad_d = torch.addmm(d, w2.T, g2, beta=0, alpha=-k_t * s)
+                grad_d = torch.addmm(d, _rows(weight, grad.dtype).T, g2, beta=0, alpha=-k_t * s)
             return grad_w, grad_d, None, None, None, None
+        w = weight.to(grad.dtype)
         if ctx.needs_input_grad[0]:  # s G - s k (G D^T), per group
             d_t = d.reshape(groups, -1, d.shape[1]).transpose(1, 2).reshape(d.shape)
             grad_w = (grad - channel_product(grad, d_t, groups) * k_t) * s

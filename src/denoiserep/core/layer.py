@@ -162,8 +162,10 @@ class DenoiseLayer(nn.Module):
         m = self.loss_token_count(n)
         if m == n:
             return flat.transpose(1, 2).reshape(-1, c)
-        idx = torch.randint(n, (m,), device=x.device)
-        return flat[idx // flat.shape[2], :, idx % flat.shape[2]]
+        # a uniform (image, pixel) pair is a uniform pixel of the batch: two draws, no div / mod
+        image = torch.randint(flat.shape[0], (m,), device=x.device)
+        pixel = torch.randint(flat.shape[2], (m,), device=x.device)
+        return flat[image, :, pixel]
 
     def noise_prediction_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Noise the detached input to timestep t and score D's prediction of that noise.
