@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVE = ["tests/core/test_objective.py"]
 LOSS_KINDS = [*OBJECTIVE, "tests/core/test_convert.py::test_loss_kinds_and_fraction"]
 BATCH_LOSS = ["tests/core/test_batch_loss.py"]
+TRAIN_PRODUCT = ["tests/core/test_training_cost.py", "-k", "export_product or one_gemm"]
 SCHEDULE = ["tests/core/test_schedule_closed_form.py"]
 RERANK = ["tests/reid/test_rerank_reference.py"]
 TORCHRUN = ["tests/engine/test_torchrun_phases.py", "-k", "rank_invariant and joint"]
@@ -117,8 +118,8 @@ MUTANTS = [
     Mutant(
         "loss_fraction takes the first pixels, not a random subset",
         "core/layer.py",
-        "return flat[idx // flat.shape[2], :, idx % flat.shape[2]]",
-        "return flat.transpose(1, 2).reshape(-1, c)[: idx.numel()]",
+        "return flat[image, :, pixel]",
+        "return flat.transpose(1, 2).reshape(-1, c)[: pixel.numel()]",
         LOSS_KINDS,
     ),
     Mutant(
@@ -127,6 +128,21 @@ MUTANTS = [
         "return flat.transpose(1, 2).reshape(-1, c)\n",
         "return flat.reshape(-1, c)\n",
         LOSS_KINDS,
+    ),
+    # -- the training product W A_t (core/fusion.py) ----------------------------------------------
+    Mutant(
+        "k x k weight rows without moving the channel axis last",
+        "core/fusion.py",
+        "moved = weight.movedim(1, -1)",
+        "moved = weight",
+        TRAIN_PRODUCT,
+    ),
+    Mutant(
+        "grad_W without the denoiser term",
+        "core/fusion.py",
+        "grad_w = _unrows(torch.addmm(g2, g2, d.T, beta=s, alpha=-k_t * s), weight)",
+        "grad_w = _unrows(g2 * s, weight)",
+        TRAIN_PRODUCT,
     ),
     # -- schedules (core/schedule.py) ------------------------------------------------------------
     Mutant(
