@@ -64,8 +64,8 @@ def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -
 
 def _rows(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``weight`` (C_out, C_in, *k) in ``dtype`` as the (C_out * taps, C_in) matrix W_r with one
-    row per output channel and kernel tap, so that W A_t is the GEMM W_r A_t: a view for Linear,
-    1x1 and channels-last weights, else one copy (which also does the cast)."""
+    row per output channel and kernel tap, so that W A_t is the GEMM W_r A_t: a view of Linear,
+    1x1 and channels-last weights in their own dtype, else one copy (layout and cast together)."""
     moved = weight.movedim(1, -1)
     if moved.dtype != dtype:  # the cast's copy lays the rows out
         moved = moved.to(dtype, memory_format=torch.contiguous_format)
