@@ -109,6 +109,13 @@ MUTANTS = [
         BATCH_LOSS,
     ),
     Mutant(
+        "batch_loss: shared token draws never released (every step samples the same tokens)",
+        "core/layer.py",
+        "layer.shared_draws.clear()  # the next forward draws anew",
+        "pass",
+        BATCH_LOSS,
+    ),
+    Mutant(
         "loss_fraction ignored",
         "core/layer.py",
         "else max(1, round(self.loss_fraction * n))",

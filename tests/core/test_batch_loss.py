@@ -3,6 +3,7 @@
 * with the same noise, each layer's loss and every gradient equal the per-layer path's, for
   Linear, 3x3, grouped and depthwise convs and each loss kind, in the denoiser and joint phases;
 * one noise draw per group of layers with equal sampled-input shapes, not one per layer;
+* one token-index draw per sample size in a step, shared by the layers, new in every step;
 * the losses are computed once per forward; phases and eval mode that have none leave none;
 * under bf16 autocast the regression stays float32; the option round-trips through YAML.
 """
@@ -57,6 +58,10 @@ def converted(batch_loss: bool, loss: str = "mse", x: torch.Tensor | None = None
     cfg = dr.DenoiseConfig(loss=loss, loss_tokens=24, batch_loss=batch_loss, loss_weight=0.1)
     model = dr.convert(net(), cfg, torch.randn(2, 3, 6, 6) if x is None else x)
     randomize_denoisers(model, 0.1)
+    if not batch_loss:  # share the token-index draws as batch_loss does: equal samples
+        shared: dict = {}
+        for layer in dr.denoise_layers(model).values():
+            layer.shared_draws = shared
     return model
 
 
@@ -157,3 +162,45 @@ def test_batch_loss_reaches_layers_and_round_trips():
     assert all(m.batch_loss for m in dr.denoise_layers(model).values())
     with pytest.raises(ValueError, match="batch_loss: expected true or false"):
         dr.DenoiseConfig(batch_loss="maybe")
+
+
+def _count_randint(monkeypatch) -> list[tuple]:
+    calls: list[tuple] = []
+    real = torch.randint
+
+    def counting(high, size, **kwargs):  # noqa: ANN001, ANN202
+        calls.append((high, tuple(size)))
+        return real(high, size, **kwargs)
+
+    monkeypatch.setattr(torch, "randint", counting)
+    return calls
+
+
+def test_layers_share_one_index_draw_per_sample_size_and_step(monkeypatch):
+    calls = _count_randint(monkeypatch)
+    model, x = converted(True), torch.randn(4, 3, 6, 6)
+    dr.set_phase(model, "denoiser")
+    model.train()
+    model(x)
+    # six convs sample 24 of 4 x 36 pixels: one image draw and one pixel draw for all six;
+    # the Linears see 4 tokens, fewer than 24: no draw
+    assert sorted(calls) == [(4, (24,)), (36, (24,))]
+    layers = list(dr.denoise_layers(model).values())
+    draws = layers[0].shared_draws
+    assert all(m.shared_draws is draws for m in layers) and len(draws) == 2
+    first = {k: v.clone() for k, v in draws.items()}
+    dr.denoise_loss(model)
+    assert draws == {}  # released with the losses
+    model(x)
+    assert len(calls) == 4 and any(not torch.equal(first[k], draws[k]) for k in first)
+    model(x)  # the last forward's losses were never scored: it draws anew, layer by layer
+    assert len(calls) > 6
+    assert copy.deepcopy(model) is not None
+
+
+def test_only_batch_loss_shares_draws():
+    model = dr.convert(net(), dr.DenoiseConfig(loss_tokens=24), torch.randn(2, 3, 6, 6))
+    assert all(m.shared_draws is None for m in dr.denoise_layers(model).values())
+    clone = copy.deepcopy(converted(True))
+    layers = list(dr.denoise_layers(clone).values())
+    assert all(m.shared_draws is layers[0].shared_draws is not None for m in layers)

@@ -260,7 +260,8 @@ class DenoiseConfig:
             only once ``denoise_loss`` / ``denoise_losses`` is called (with gradients enabled,
             outside a compiled forward); the noise draws differ from the per-layer path (same
             distribution). Use it with ``loss_tokens``: each layer's sampled input waits until
-            that call.
+            that call. Layers that sample equally many of equally many tokens share one
+            token-index draw per step.
 
     Values are converted as YAML gives them: ``loss_weight="1e-3"`` is the number 0.001.
     """

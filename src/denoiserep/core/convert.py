@@ -218,6 +218,7 @@ def convert(
             f"(e.g. {next(iter(too_late.items()))}): raise timesteps or lower timestep_stride"
         )
     schedule = config.build_schedule()
+    shared_draws: dict | None = {} if config.batch_loss else None  # one per model
     for name, module in targets.items():
         layer = DenoiseLayer(
             module,
@@ -229,6 +230,7 @@ def convert(
             config.loss_tokens,
             config.batch_loss,
         )
+        layer.shared_draws = shared_draws
         _replace(model, module, layer)
     frozen = frozenset(n for n, p in model.named_parameters() if not p.requires_grad)
     setattr(model, _STATE, ConvertState(config, frozen))

@@ -74,6 +74,9 @@ class DenoiseLayer(nn.Module):
         self.explicit = False
         self.last_loss: torch.Tensor | None = None
         self._pending: torch.Tensor | None = None  # sampled input awaiting its batched loss
+        # token-index draws shared by the batch_loss layers of one model within a step (set by
+        # convert; None: this layer draws its own)
+        self.shared_draws: dict[tuple, torch.Tensor] | None = None
         self._eval_cache: tuple[tuple, torch.Tensor] | None = None
         self.t = t
         self.train(base_layer.training)
@@ -154,7 +157,7 @@ class DenoiseLayer(nn.Module):
             m = self.loss_token_count(flat.shape[0])
             if m == flat.shape[0]:
                 return flat
-            return flat[torch.randint(flat.shape[0], (m,), device=x.device)]
+            return flat[self._randint(flat.shape[0], m, x.device)]
         if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
             x = x.unsqueeze(0)
         flat = x.reshape(x.shape[0], c, -1)  # (N, C, pixels)
@@ -163,9 +166,21 @@ class DenoiseLayer(nn.Module):
         if m == n:
             return flat.transpose(1, 2).reshape(-1, c)
         # a uniform (image, pixel) pair is a uniform pixel of the batch: two draws, no div / mod
-        image = torch.randint(flat.shape[0], (m,), device=x.device)
-        pixel = torch.randint(flat.shape[2], (m,), device=x.device)
+        image = self._randint(flat.shape[0], m, x.device)
+        pixel = self._randint(flat.shape[2], m, x.device)
         return flat[image, :, pixel]
+
+    def _randint(self, high: int, m: int, device: torch.device) -> torch.Tensor:
+        """``m`` uniform indices below ``high``. With :attr:`shared_draws` (``batch_loss``
+        layers of one model) the layers that sample ``m`` of ``high`` in a step take the same
+        draw: one operator per input shape instead of one per layer. Each layer's loss stays an
+        unbiased sample of its own mean; only the layers' samples become correlated."""
+        if self.shared_draws is None:
+            return torch.randint(high, (m,), device=device)
+        key = (high, m, str(device))
+        if key not in self.shared_draws:
+            self.shared_draws[key] = torch.randint(high, (m,), device=device)
+        return self.shared_draws[key]
 
     def noise_prediction_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Noise the detached input to timestep t and score D's prediction of that noise.
@@ -222,6 +237,8 @@ class DenoiseLayer(nn.Module):
         return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pending is not None and self.shared_draws:
+            self.shared_draws.clear()  # the last forward's losses were never scored: fresh draws
         self.last_loss = self._pending = None
         self.precision.clear()
         if not self.training:
@@ -291,10 +308,13 @@ def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
     per layer, instead of about ten small operators per layer (on a GPU, each one a kernel
     launch). Each layer's ``last_loss`` is its own mean, as in the per-layer path; only the
     draws differ. Groups are scored in the order of ``layers`` (execution order, as
-    ``denoise_layers`` gives them), so a seed fixes the draws.
+    ``denoise_layers`` gives them), so a seed fixes the draws. The token-index draws the
+    layers shared in that forward (:attr:`DenoiseLayer.shared_draws`) are released.
     """
     groups: dict[tuple, list[DenoiseLayer]] = {}
     for layer in layers:
+        if layer.shared_draws:
+            layer.shared_draws.clear()  # the next forward draws anew
         if layer._pending is not None:
             x0 = layer._pending
             key = (tuple(x0.shape), x0.device, layer.loss)
