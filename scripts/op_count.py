@@ -14,36 +14,16 @@ implementation updates all parameters in a few kernels).
 
 from __future__ import annotations
 
-import collections
 import sys
 
 import timm
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import denoiserep as dr
+from denoiserep.bench.flops import CountOps
 
-VIEWS = {
-    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "expand", "flatten",
-    "permute", "reshape", "select", "slice", "split", "squeeze", "t", "transpose", "unbind",
-    "unflatten", "unsqueeze", "view",
-}  # fmt: skip
 MODELS = ["vit_small_patch16_224", "resnet50", "swin_tiny_patch4_window7_224"]
-
-
-class CountOps(TorchDispatchMode):
-    """Counts the non-view ATen operators dispatched inside the context."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        name = func.overloadpacket.__name__
-        if name not in VIEWS:
-            self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def step_ops(

@@ -12,15 +12,14 @@
 
 from __future__ import annotations
 
-import collections
 import math
 
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import denoiserep as dr
+from denoiserep.bench.flops import CountOps
 from denoiserep.core.fusion import train_fused_weight
 from tests.conftest import randomize_denoisers, rel_err
 
@@ -54,22 +53,6 @@ def test_train_product_keeps_the_weights_memory_layout():
     assert out.stride() == W.stride()
 
 
-class _CountOps(TorchDispatchMode):
-    """The ATen operators dispatched inside the context (on a GPU, each a kernel launch or an
-    allocation), views excluded."""
-
-    VIEWS = {"view", "reshape", "permute", "transpose", "t", "_unsafe_view", "detach", "alias"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        if func.overloadpacket.__name__ not in self.VIEWS:
-            self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_ungrouped_conv_product_is_one_gemm_each_way(layout):
     # a k x k weight's W A_t is the GEMM of its (C_out * taps, C_in) rows with A_t: one addmm
@@ -79,7 +62,7 @@ def test_ungrouped_conv_product_is_one_gemm_each_way(layout):
     D = torch.randn(6, 6, requires_grad=True)
     if layout == "channels_last":
         W = W.detach().to(memory_format=torch.channels_last).requires_grad_(True)
-    with _CountOps() as ops:
+    with CountOps() as ops:
         out = train_fused_weight(W, D, 0.1, 1.2)
         out.backward(torch.randn_like(out))
     assert out.stride() == W.stride() and W.grad.stride() == W.stride()

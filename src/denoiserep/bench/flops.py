@@ -1,18 +1,43 @@
-"""Parameter and FLOP counts (FLOPs from ``torch.utils.flop_counter.FlopCounterMode``).
+"""Parameter, FLOP and operator counts (FLOPs from ``torch.utils.flop_counter.FlopCounterMode``).
 
 FlopCounterMode counts the matrix products and convolutions a run actually dispatches
 (2 FLOPs per multiply-add), including those inside ``einsum`` and in a backward pass;
 element-wise work (activations, norms, the optimizer update) is not counted.
+:class:`CountOps` counts every non-view operator instead: on a GPU, each one is a kernel launch
+(or an allocation).
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+VIEWS = {
+    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "expand", "flatten",
+    "permute", "reshape", "select", "slice", "split", "squeeze", "t", "transpose", "unbind",
+    "unflatten", "unsqueeze", "view",
+}  # fmt: skip
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the non-view ATen operators dispatched inside the context, below autograd (so
+    the same on any device), by name in ``counts``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.overloadpacket.__name__
+        if name not in VIEWS:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def count_parameters(model: nn.Module) -> int:
