@@ -73,15 +73,20 @@ def _rows(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _unrows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`_rows`, with exactly ``weight``'s strides (size-1 dims included:
-    other strides select other kernels)."""
+    """The inverse of :func:`_rows`, in ``weight``'s layout (:func:`_in_weight_layout`)."""
     taps = weight.shape[2:]
     if math.prod(taps) == 1:
         out = rows.reshape(weight.shape)
     else:
         out = rows.reshape(weight.shape[0], *taps, weight.shape[1]).movedim(-1, 1)
+    return _in_weight_layout(out, weight)
+
+
+def _in_weight_layout(out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``out`` with exactly ``weight``'s strides (size-1 dims included), copied only if they
+    differ: other strides select other convolution kernels."""
     if out.stride() != weight.stride():
-        out = torch.empty_like(weight, dtype=rows.dtype).copy_(out)
+        out = torch.empty_like(weight, dtype=out.dtype).copy_(out)
     return out
 
 
@@ -123,10 +128,7 @@ class _TrainFusedWeight(torch.autograd.Function):
             w2 = _rows(weight, dtype)
             return _unrows(torch.addmm(w2, w2, d, beta=s, alpha=-k_t * s), weight)
         w = weight.to(dtype)  # `w` first: the result takes its layout
-        out = (w - channel_product(w, d, groups) * k_t) * s
-        if out.stride() != weight.stride():  # the weight's layout picks the same kernels
-            out = torch.empty_like(weight, dtype=dtype).copy_(out)
-        return out
+        return _in_weight_layout((w - channel_product(w, d, groups) * k_t) * s, weight)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
