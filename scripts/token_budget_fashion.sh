@@ -4,9 +4,13 @@
 # epochs of the denoisers (strong schedule, so that D learns visibly) with all tokens (0) and with
 # budgets of 256, 64 and 16 tokens per layer and step; compare the `ploss` of the last epoch in
 # each run's results.json (histories -> "0" -> denoiserep). Needs dataset-fashion-mnist.
+#
+#   bash scripts/token_budget_fashion.sh [OUT [OVERRIDE ...]]
+# OVERRIDEs go to every denoiser run, e.g. finetune.denoiser_optimizer=adafactor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/token_budget}
+shift || true
 run() { OMP_NUM_THREADS=1 .venv/bin/denoiserep classify --config fashion_vit.yaml --no-progress "$@"; }
 run --output "$out/base" "seeds=[0]" "arms=[control]"
 for tokens in 0 256 64 16; do
@@ -14,7 +18,7 @@ for tokens in 0 256 64 16; do
         baseline_weights="$out/base/seed0/baseline/model.safetensors" baseline.epochs=0 \
         finetune.phases=denoiser finetune.epochs=4 finetune.lr=1e-3 \
         denoise.timesteps=100 denoise.beta_start=1e-3 denoise.beta_end=0.2 \
-        denoise.loss_tokens=$tokens
+        denoise.loss_tokens=$tokens "$@"
 done
 .venv/bin/python - "$out" <<'PY'
 import json, sys

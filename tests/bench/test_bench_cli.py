@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import yaml
+
 from denoiserep.bench.run import VARIANTS
 from denoiserep.cli import main, packaged_config
 
@@ -101,3 +104,34 @@ def test_bench_config_errors_are_one_line(tmp_path, capsys):
     assert "train.phases must be among" in capsys.readouterr().err
     assert main(["bench", "--config", config, "--output", out, "model_kwargs={vgg: {}}"]) == 2
     assert "model_kwargs names model(s) not in models: vgg" in capsys.readouterr().err
+    assert main(["bench", "--config", config, "--output", out, "train.denoiser_optimizer=sgd"]) == 2
+    assert "train.denoiser_optimizer must be one of" in capsys.readouterr().err
+
+
+def test_bench_denoiser_optimizer_state_and_joint_memory(tmp_path):
+    """``train.denoiser_optimizer=adafactor``: the denoisers' held bytes drop by AdamW's two
+    moments of D, and the joint step's peak by about as much."""
+    tiny = yaml.safe_load(packaged_config("bench_tiny.yaml").read_text())
+    tiny["models"] = ["vit_tiny_patch16_224"]
+    del tiny["model_kwargs"]["resnet10t"]
+    config = tmp_path / "vit.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    train = {}
+    for name in ("same", "adafactor"):
+        out = tmp_path / name
+        args = ["bench", "--config", str(config), "--no-progress", "--output", str(out)]
+        args += ["variants=[baseline]", "batch_sizes=[1]"]
+        args += ["train.phases=[joint]", "train.profile_top=0", "export=false"]
+        assert main([*args, f"train.denoiser_optimizer={name}"]) == 0
+        report = json.loads((out / "results.json").read_text())
+        train[name] = report["models"]["vit_tiny_patch16_224"]["train"]
+        assert train[name]["denoiser_optimizer"] == name
+        how = {"same": "AdamW's two moments", "adafactor": "Adafactor's factored moment"}[name]
+        markdown = (out / "results.md").read_text()
+        assert f"with their gradients and {how} they hold" in markdown
+        assert ("D's with Adafactor)" in markdown) == (name == "adafactor")
+    d_mb = 4 * train["same"]["denoiser_params"] / 2**20
+    assert train["same"]["denoiser_state_mb"] == pytest.approx(4 * d_mb, rel=0.01)
+    assert train["adafactor"]["denoiser_state_mb"] == pytest.approx(2 * d_mb, rel=0.05)
+    same, ada = (train[n]["variants"]["joint"]["peak_mb"] for n in ("same", "adafactor"))
+    assert same - ada > d_mb

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -46,23 +48,17 @@ class CrashAt(ClassificationTask):
         return super().forward(model, batch)
 
 
-def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("denoiser_optimizer", ["same", "adafactor"])
+def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, denoiser_optimizer):
+    cfg = dataclasses.replace(CFG, denoiser_optimizer=denoiser_optimizer)
+    task = ClassificationTask(pad=1, flip=True)
     full = tiny_model()
-    fit(
-        full, tiny_data(), CFG, ClassificationTask(pad=1, flip=True), tmp_path / "a", progress=False
-    )
+    fit(full, tiny_data(), cfg, task, tmp_path / "a", progress=False)
     crashed = tiny_model()
     with pytest.raises(KeyboardInterrupt):
-        fit(crashed, tiny_data(), CFG, CrashAt(11), tmp_path / "b", progress=False)
+        fit(crashed, tiny_data(), cfg, CrashAt(11), tmp_path / "b", progress=False)
     resumed = tiny_model()
-    history = fit(
-        resumed,
-        tiny_data(),
-        CFG,
-        ClassificationTask(pad=1, flip=True),
-        tmp_path / "b",
-        progress=False,
-    )
+    history = fit(resumed, tiny_data(), cfg, task, tmp_path / "b", progress=False)
     assert [h["phase"] for h in history] == ["denoiser", "denoiser", "backbone"]
     a, b = full.state_dict(), resumed.state_dict()
     for k in a:

@@ -24,6 +24,7 @@ class TrainBenchConfig:
 
     ``compile``: every variant (the baseline too) runs under ``torch.compile``; FLOPs are
     counted on the eager step, and compilation happens in the warm-up.
+    ``denoiser_optimizer``: as the trainer's (``same``: D in the AdamW of the backbone).
     """
 
     enabled: bool = True
@@ -33,10 +34,18 @@ class TrainBenchConfig:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     lr: float = 1e-4
     weight_decay: float = 0.05
+    denoiser_optimizer: str = "same"
     profile_top: int = 0
     compile: bool = False
 
     def __post_init__(self) -> None:
+        from denoiserep.engine.optim import DENOISER_OPTIMIZERS
+
+        if self.denoiser_optimizer not in DENOISER_OPTIMIZERS:
+            raise ValueError(
+                f"train.denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, "
+                f"got {self.denoiser_optimizer!r}"
+            )
         bad = [p for p in self.phases if p not in PHASES]
         if bad:
             raise ValueError(f"train.phases must be among {PHASES}, got {bad}")

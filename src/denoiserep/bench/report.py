@@ -96,8 +96,10 @@ def _added_float32(trained: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
+    factored = any(t.get("denoiser_optimizer") == "adafactor" for t in trained.values())
+    update = "AdamW update, D's with Adafactor" if factored else "AdamW update"
     lines = [
-        "### Training (one AdamW step: forward, loss, backward, update)",
+        f"### Training (one step: forward, loss, backward, {update})",
         "",
         "Products: W·A_t the fused weight of a training forward, D·x_t the noise regression; "
         "the export (`dr.fuse`) always computes W·A_t in float64.",
@@ -118,13 +120,18 @@ def _training_table(trained: dict[str, dict[str, Any]]) -> list[str]:
             )
     lines += _added_float32(trained)
     for name, train in trained.items():
-        if "denoiser_adamw_mb" in train:
-            state, base = train["denoiser_adamw_mb"], train["variants"]["baseline"]["peak_mb"]
+        # (results.json of bench runs before train.denoiser_optimizer: "denoiser_adamw_mb")
+        state = train.get("denoiser_state_mb", train.get("denoiser_adamw_mb"))
+        if state is not None:
+            base = train["variants"]["baseline"]["peak_mb"]
             share = f"{state / base:.2f}× the baseline's peak" if base else "peak not measured"
+            opt = train.get("denoiser_optimizer", "same")
+            how = {"same": "AdamW's two moments", "adafactor": "Adafactor's factored moment"}
             lines.append(
                 f"\n{name}: the denoisers have {train['denoiser_params'] / 1e6:.1f} M parameters; "
-                f"with their gradients and AdamW's two moments they hold {state:.0f} MB in joint "
-                f"training ({share}): a floor for any implementation that trains D with AdamW."
+                f"with their gradients and {how[opt]} they hold {state:.0f} MB while they "
+                f"train ({share}): a floor for any implementation with this optimizer on D "
+                f"(`train.denoiser_optimizer={opt}`)."
             )
     return lines
 

@@ -35,7 +35,10 @@ def train_step(
 ) -> tuple[Step, torch.optim.Optimizer]:
     """One optimisation step as the engine's trainer does it (phase None: plain training);
     ``compiled``: the forward runs through ``torch.compile(model)``."""
-    optimizer = optimizer or build_optimizer(model, "adamw", cfg.train.lr, cfg.train.weight_decay)
+    tc = cfg.train
+    optimizer = optimizer or build_optimizer(
+        model, "adamw", tc.lr, tc.weight_decay, denoiser_optimizer=tc.denoiser_optimizer
+    )
     lam = cfg.denoise.loss_weight
     runner = torch.compile(model) if compiled else model
 
@@ -139,11 +142,19 @@ def training_cost(
         row["step_ratio"] = ratio(row["median_ms"], base["median_ms"])
         row["peak_ratio"] = ratio(row["peak_mb"], base["peak_mb"])
         row["gflops_ratio"] = ratio(row["gflops_per_step"], base["gflops_per_step"])
-    # what the denoisers alone hold in joint training: D, its gradient and AdamW's two moments
-    d_bytes = tensor_bytes(dr.denoiser_parameters(converted))
-    return {
+    # what the denoisers alone hold while D trains: D, its gradient and its optimizer state
+    d_params = dr.denoiser_parameters(converted)
+    out = {
         "batch_size": tc.batch_size,
         "variants": rows,
-        "denoiser_params": sum(p.numel() for p in dr.denoiser_parameters(converted)),
-        "denoiser_adamw_mb": 4 * d_bytes / MB,
+        "denoiser_params": sum(p.numel() for p in d_params),
+        "denoiser_optimizer": tc.denoiser_optimizer,
     }
+    trains_d = [steps[p] for p in ("joint", "denoiser") if p in steps]
+    if trains_d:
+        _, optimizer, model = trains_d[0]
+        states = optimizer.state
+        state = [v for p in dr.denoiser_parameters(model) for v in states.get(p, {}).values()]
+        held = 2 * tensor_bytes(d_params) + tensor_bytes([v for v in state if torch.is_tensor(v)])
+        out["denoiser_state_mb"] = held / MB
+    return out

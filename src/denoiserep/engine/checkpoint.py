@@ -25,6 +25,7 @@ import denoiserep as dr
 from denoiserep.core.io import load_state_checked, read_weights
 
 from .dist import is_main
+from .optim import load_optimizer_state
 from .runs import note_started
 
 __all__ = [
@@ -190,7 +191,7 @@ def load_checkpoint(
     state = _read_state(path)
     load_state_checked(root, path / "model.safetensors", source=f"checkpoint {path}")
     if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])

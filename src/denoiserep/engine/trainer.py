@@ -25,7 +25,7 @@ from denoiserep.data.augment import BatchRows
 
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .optim import build_optimizer, cosine_with_warmup
+from .optim import DENOISER_OPTIMIZERS, OPTIMIZERS, build_optimizer, cosine_with_warmup
 from .phases import phase_for_epoch
 
 
@@ -40,11 +40,14 @@ class TrainConfig:
     ``compile``: the training forward runs through ``torch.compile`` (the first step of each
     phase compiles; inductor draws the noise from its own generator, so a compiled run is
     reproducible but not equal to an eager one). Evaluation stays eager.
+    ``denoiser_optimizer``: ``same`` (D in the backbone's optimizer) or ``adafactor`` (D in its
+    own factored-moment optimizer: 2·C_in² fewer floats of state per layer with AdamW).
     """
 
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adamw"
+    denoiser_optimizer: str = "same"
     lr: float = 1e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
@@ -80,8 +83,13 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.denoiser_optimizer not in DENOISER_OPTIMIZERS:
+            raise ValueError(
+                f"denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, "
+                f"got {self.denoiser_optimizer!r}"
+            )
         phase_for_epoch(self.phases, 0, self.denoiser_epochs, self.alternate_every)
 
 
@@ -202,7 +210,9 @@ def fit(
         rows = BatchRows(torch.arange(local) * world + rank, cfg.batch_size)
     if cfg.epochs and steps_per_epoch == 0:
         raise ValueError(f"{tag}: {len(dataset)} training items give no batch of {cfg.batch_size}")
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = build_optimizer(
+        model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.denoiser_optimizer
+    )
     total = cfg.epochs * steps_per_epoch
     scheduler = cosine_with_warmup(optimizer, total, round(cfg.warmup_epochs * steps_per_epoch))
 
