@@ -5,9 +5,11 @@
 #   2. `denoiserep bench` in bf16 at batch 64 on ViT-B/16, ResNet-50 and Swin-T, one model per
 #      run so that what finished survives a time limit;
 #   3. the training phases of ViT-B/16 with `denoise.batch_loss=true` (the noise regression
-#      scored in groups: fewer kernel launches), against the per-layer rows of step 2;
+#      scored in groups: fewer kernel launches), against the per-layer rows of step 2, then its
+#      denoiser and joint steps with `train.denoiser_optimizer=adafactor` (less memory), both
+#      in bench_batch_loss.md;
 #   4. the joint training step under torch.compile (ViT-B/16).
-# Each step has its own time limit (570 s in all) and writes to $OUT as it finishes:
+# Each step has its own time limit (575 s in all) and writes to $OUT as it finishes:
 # progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
 # bench_batch_loss.md, bench_compile.md and results_json.tar.gz (every results.json so far):
 # 8 files, so that a device run that returns at most 8 files brings all of them back.
@@ -35,17 +37,26 @@ pack_json() { (cd "$WORK" && tar czf - */results.json 2>/dev/null) > "$OUT/resul
 run_step "CUDA tests" 70 "$OUT/cuda_tests.txt" \
     "$PY" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py
 for model in vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224; do
-    run_step "bench $model" 100 "$OUT/bench_$model.md" \
+    run_step "bench $model" 95 "$OUT/bench_$model.md" \
         "$PY" -m denoiserep bench --output "$WORK/bench_$model" device=cuda bf16=true \
         "models=[$model]" "batch_sizes=[1,64]" repeats=20 warmup=5 train.batch_size=64 \
         train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress
     pack_json
 done
-run_step "bench vit_base_patch16_224, training with batch_loss" 80 "$OUT/bench_batch_loss.md" \
+levers() {
     "$PY" -m denoiserep bench --output "$WORK/bench_batch_loss" device=cuda bf16=true \
-    "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-    train.batch_size=64 train.steps=10 train.warmup=2 train.profile_top=12 \
-    denoise.batch_loss=true export=false --no-progress
+        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=64 train.steps=10 train.warmup=2 train.profile_top=12 \
+        denoise.batch_loss=true export=false --no-progress
+    "$PY" -m denoiserep bench --output "$WORK/bench_adafactor" device=cuda bf16=true \
+        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
+        train.denoiser_optimizer=adafactor export=false --no-progress
+}
+export -f levers
+export PY WORK
+run_step "bench vit_base_patch16_224: batch_loss, then D with Adafactor" 100 \
+    "$OUT/bench_batch_loss.md" bash -c levers
 pack_json
 run_step "bench vit_base_patch16_224, joint step under torch.compile" 120 "$OUT/bench_compile.md" \
     "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=cuda bf16=true \
