@@ -3,7 +3,9 @@
 # on real features. One Fashion-MNIST ViT baseline (fashion_vit.yaml, seed 0), then 4 label-free
 # epochs of the denoisers (strong schedule, so that D learns visibly) with all tokens (0) and with
 # budgets of 256, 64 and 16 tokens per layer and step; compare the `ploss` of the last epoch in
-# each run's results.json (histories -> "0" -> denoiserep). Needs dataset-fashion-mnist.
+# each run's results.json (histories -> "0" -> denoiserep). Last, the same denoisers set to the
+# optimum of their expected loss in one pass (finetune.denoiser_init=closed_form, no epochs): the
+# loss that training approaches. Needs dataset-fashion-mnist.
 #
 #   bash scripts/token_budget_fashion.sh [OUT [OVERRIDE ...]]
 # OVERRIDEs go to every denoiser run, e.g. finetune.denoiser_optimizer=adafactor.
@@ -20,6 +22,10 @@ for tokens in 0 256 64 16; do
         denoise.timesteps=100 denoise.beta_start=1e-3 denoise.beta_end=0.2 \
         denoise.loss_tokens=$tokens "$@"
 done
+run --output "$out/closed_form" "seeds=[0]" "arms=[denoiserep]" \
+    baseline_weights="$out/base/seed0/baseline/model.safetensors" baseline.epochs=0 \
+    finetune.phases=denoiser finetune.epochs=0 finetune.denoiser_init=closed_form \
+    denoise.timesteps=100 denoise.beta_start=1e-3 denoise.beta_end=0.2 2>&1 | grep "closed form"
 .venv/bin/python - "$out" <<'PY'
 import json, sys
 for tokens in (0, 256, 64, 16):

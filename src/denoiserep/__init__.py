@@ -7,6 +7,7 @@ loss = task_loss + cfg.loss_weight * dr.denoise_loss(model)
 plain = dr.fuse(model)
 """
 
+from .core.closed_form import fit_denoisers
 from .core.config import DenoiseConfig
 from .core.convert import (
     config_of,
@@ -50,6 +51,7 @@ __all__ = [
     "denoising_strength",
     "denoiser_parameters",
     "explicit_denoising",
+    "fit_denoisers",
     "fuse",
     "fuse_weight",
     "fused_vs_unfused",

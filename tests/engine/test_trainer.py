@@ -48,9 +48,14 @@ class CrashAt(ClassificationTask):
         return super().forward(model, batch)
 
 
-@pytest.mark.parametrize("denoiser_optimizer", ["same", "adafactor"])
-def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, denoiser_optimizer):
-    cfg = dataclasses.replace(CFG, denoiser_optimizer=denoiser_optimizer)
+@pytest.mark.parametrize(
+    "denoiser_optimizer, denoiser_init",
+    [("same", "zero"), ("adafactor", "zero"), ("same", "closed_form")],
+)
+def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, denoiser_optimizer, denoiser_init):
+    cfg = dataclasses.replace(
+        CFG, denoiser_optimizer=denoiser_optimizer, denoiser_init=denoiser_init
+    )
     task = ClassificationTask(pad=1, flip=True)
     full = tiny_model()
     fit(full, tiny_data(), cfg, task, tmp_path / "a", progress=False)
@@ -136,3 +141,21 @@ def test_run_folder_refuses_a_different_run(tmp_path):
     assert (tmp_path / "run" / "keep.txt").read_text() == "x"
     prepare_run_folder(tmp_path / "run", {"lr": 2}, overwrite=True)
     assert not (tmp_path / "run" / "keep.txt").exists()
+
+
+def test_closed_form_init_fits_D_on_the_training_set_before_any_epoch(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from denoiserep.core.closed_form import fit_denoisers
+
+    model = tiny_model()
+    cfg = TrainConfig(epochs=0, batch_size=8, phases="denoiser", denoiser_init="closed_form")
+    fit(model, tiny_data(), cfg, ClassificationTask(), tmp_path, progress=False)
+    expected = tiny_model()
+    fit_denoisers(expected, DataLoader(tiny_data(), batch_size=16))  # every item, any order
+    for name, layer in dr.denoise_layers(expected).items():
+        got = dr.denoise_layers(model)[name].D
+        assert got.abs().max() > 0
+        torch.testing.assert_close(got, layer.D, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="denoiser_init must be 'zero' or 'closed_form'"):
+        TrainConfig(denoiser_init="pca")

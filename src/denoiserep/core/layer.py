@@ -148,6 +148,16 @@ class DenoiseLayer(nn.Module):
         m = n if self.loss_fraction >= 1.0 else max(1, round(self.loss_fraction * n))
         return min(m, self.loss_tokens) if self.loss_tokens else m
 
+    def input_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All of the input's tokens as a (tokens, C_in) matrix: a Linear's rows, a conv's
+        channel vector at every pixel of every image (what D acts on)."""
+        c = self.D.shape[0]
+        if isinstance(self.base_layer, nn.Linear):
+            return x.reshape(-1, c)
+        if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
+            x = x.unsqueeze(0)
+        return x.movedim(1, -1).reshape(-1, c)
+
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as a (tokens, C_in) matrix, subsampled (uniformly, with
         replacement) to :meth:`loss_token_count` rows."""

@@ -85,13 +85,7 @@ class _Accumulator:
     def add(self, x: torch.Tensor) -> None:
         layer = self.layer
         c = layer.D.shape[0]
-        if isinstance(layer.base_layer, nn.Linear):
-            tokens = x.detach().reshape(-1, c)
-        else:
-            if x.dim() == layer.base_layer.weight.dim() - 1:  # unbatched conv input
-                x = x.unsqueeze(0)
-            tokens = x.detach().movedim(1, -1).reshape(-1, c)
-        tokens = tokens.to(torch.float64)
+        tokens = layer.input_tokens(x.detach()).to(torch.float64)
         D = layer.D.detach().to(tokens.device, torch.float64)
         kdx = layer.strength * apply_channel_map(tokens, D)
         y = (tokens - kdx) / math.sqrt(alpha_of(layer))

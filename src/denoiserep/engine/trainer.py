@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 import denoiserep as dr
+from denoiserep.core.closed_form import fit_denoisers
 from denoiserep.data.augment import BatchRows
 
 from . import dist
@@ -42,12 +43,16 @@ class TrainConfig:
     reproducible but not equal to an eager one). Evaluation stays eager.
     ``denoiser_optimizer``: ``same`` (D in the backbone's optimizer) or ``adafactor`` (D in its
     own factored-moment optimizer: 2·C_in² fewer floats of state per layer with AdamW).
+    ``denoiser_init``: ``zero`` (D as converted) or ``closed_form``: before the first epoch
+    every D is set to the minimiser of its expected noise-prediction loss on the training
+    images (one label-free pass, no augmentation: ``core.closed_form.fit_denoisers``).
     """
 
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adamw"
     denoiser_optimizer: str = "same"
+    denoiser_init: str = "zero"
     lr: float = 1e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
@@ -85,6 +90,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.denoiser_init not in ("zero", "closed_form"):
+            raise ValueError(
+                f"denoiser_init must be 'zero' or 'closed_form', got {self.denoiser_init!r}"
+            )
         if self.denoiser_optimizer not in DENOISER_OPTIMIZERS:
             raise ValueError(
                 f"denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, "
@@ -221,6 +230,15 @@ def fit(
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:
         state = load_checkpoint(found, model, optimizer, scheduler)
+    elif converted and cfg.denoiser_init == "closed_form":  # a fresh start
+        fitted = fit_denoisers(
+            model,
+            tqdm(loader, desc=f"{tag}: closed-form D", disable=not progress, leave=False),
+            forward=lambda m, batch: task.forward(m, task.to_device(batch, device)),
+        )
+        if dist.is_main():
+            floor = sum(r["min_loss"] for r in fitted.values())
+            tqdm.write(f"{tag}: D of {len(fitted)} layers in closed form; summed loss {floor:.3f}")
     writer = None
     if dist.is_main():
         from torch.utils.tensorboard import SummaryWriter

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# README "Robustness": denoisers trained further than robustness.sh's, on the same data, seeds,
+# baselines and controls (robust_fashion_{vit,resnet}.yaml; the two backbones side by side, one
+# thread each, about 15 min on 2 cores per study).
+#   bash scripts/robustness_denoisers.sh adafactor [OUT]    # D with its own Adafactor
+#   bash scripts/robustness_denoisers.sh closed_form [OUT]  # D at its optimum, no SGD
+set -euo pipefail
+cd "$(dirname "$0")/.."
+study=${1:?usage: robustness_denoisers.sh adafactor|closed_form [OUT]}
+out=${2:-runs/robust_$study}
+strong="denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2}"
+case $study in
+adafactor) variants="variants={
+  label_free_strong: {finetune: {phases: denoiser}, $strong},
+  label_free_strong_adafactor: {finetune: {phases: denoiser, denoiser_optimizer: adafactor}, $strong},
+  joint_strong_adafactor: {finetune: {phases: joint, denoiser_optimizer: adafactor}, $strong}}" ;;
+closed_form) variants="variants={
+  label_free_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form}},
+  label_free_strong_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form}, $strong},
+  joint_strong_closed_form: {finetune: {phases: joint, denoiser_init: closed_form}, $strong}}" ;;
+*) echo "unknown study $study: adafactor or closed_form" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
+run() { OMP_NUM_THREADS=1 /usr/bin/time -f "$1: wall %e s" .venv/bin/denoiserep ablate --no-progress \
+    --config "robust_fashion_$1.yaml" --output "$out/$1" "$variants"; }
+run vit > "$out/vit.log" 2>&1 &
+run resnet > "$out/resnet.log" 2>&1 &
+wait
+tail -n 1 "$out/vit.log" "$out/resnet.log"
