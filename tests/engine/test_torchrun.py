@@ -10,7 +10,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-# deterministic arms: no augmentation randomness, DenoiseRep arm in the `backbone` phase
+# deterministic arms: no augmentation randomness, DenoiseRep arm in the `backbone` phase from
+# denoisers fitted in closed form (each process sees half the data: the moments are summed)
 ARGS = [
     "robustness.enabled=false",
     "--no-progress",
@@ -20,6 +21,7 @@ ARGS = [
     "finetune.epochs=1",
     "finetune.batch_size=32",
     "finetune.phases=backbone",
+    "finetune.denoiser_init=closed_form",
     "finetune.denoiser_epochs=0",
     "data.pad=0",
     "seeds=[0]",
@@ -75,6 +77,9 @@ def test_two_process_training_matches_single_process(tmp_path):
         full = torch.cat([a[k].flatten() for k in a])
         assert diff.norm() <= 1e-4 * full.norm()
         assert diff.abs().max() < 1e-3
+        for k in (k for k in a if k.endswith(".D")):  # the closed-form D, fixed in `backbone`
+            assert a[k].abs().max() > 0
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     assert (
         abs(one["summary"]["control"]["acc1"]["mean"] - two["summary"]["control"]["acc1"]["mean"])
         < 1.0
