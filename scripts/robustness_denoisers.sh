@@ -2,12 +2,14 @@
 # README "Robustness": denoisers trained further than robustness.sh's, on the same data, seeds,
 # baselines and controls (robust_fashion_{vit,resnet}.yaml; the two backbones side by side, one
 # thread each, about 15 min on 2 cores per study).
-#   bash scripts/robustness_denoisers.sh adafactor [OUT]    # D with its own Adafactor
-#   bash scripts/robustness_denoisers.sh closed_form [OUT]  # D at its optimum, no SGD
+#   bash scripts/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor
+#   bash scripts/robustness_denoisers.sh closed_form [OUT [OVERRIDE ...]]  # D at its optimum
+# OVERRIDEs go to both runs, e.g. "experiment.seeds=[3,4,5]" for more seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study=${1:?usage: robustness_denoisers.sh adafactor|closed_form [OUT]}
 out=${2:-runs/robust_$study}
+shift $(($# < 2 ? $# : 2))
 strong="denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2}"
 case $study in
 adafactor) variants="variants={
@@ -22,8 +24,8 @@ closed_form) variants="variants={
 esac
 mkdir -p "$out"
 run() { OMP_NUM_THREADS=1 /usr/bin/time -f "$1: wall %e s" .venv/bin/denoiserep ablate --no-progress \
-    --config "robust_fashion_$1.yaml" --output "$out/$1" "$variants"; }
-run vit > "$out/vit.log" 2>&1 &
-run resnet > "$out/resnet.log" 2>&1 &
+    --config "robust_fashion_$1.yaml" --output "$out/$1" "$variants" "${@:2}"; }
+run vit "$@" > "$out/vit.log" 2>&1 &
+run resnet "$@" > "$out/resnet.log" 2>&1 &
 wait
 tail -n 1 "$out/vit.log" "$out/resnet.log"
