@@ -1,0 +1,55 @@
+"""Pool the seeds of several ``denoiserep ablate`` runs of one study (same config, disjoint
+seeds, e.g. ``experiment.seeds=[3,4,5]`` on a second run) and print, per arm and measure, the
+paired difference to the control over all seeds with its paired t-test p.
+
+    .venv/bin/python scripts/pool_seeds.py RUN_DIR [RUN_DIR ...] [--measures acc1,mFA,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from denoiserep.classification.ablation import compare
+
+MEASURES = "acc1,mCA,mFA,feature_noise_0.2,feature_noise_0.5,gaussian_blur_mean,pixelate_mean"
+
+
+def pooled(runs: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
+    """``per_seed`` of every run in one mapping; a seed in two runs is an error."""
+    seeds: dict[str, dict[str, dict[str, float]]] = {}
+    for run in runs:
+        per_seed = json.loads((run / "results.json").read_text())["per_seed"]
+        twice = set(per_seed) & set(seeds)
+        if twice:
+            raise SystemExit(f"seed(s) {sorted(twice)} in more than one run ({run})")
+        seeds.update(per_seed)
+    return seeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--measures", default=MEASURES)
+    args = parser.parse_args()
+    seeds = pooled(args.runs)
+    arms = [a for a in next(iter(seeds.values())) if all(a in s for s in seeds.values())]
+    measures = args.measures.split(",")
+    names = ", ".join(sorted(seeds, key=int))
+    print(f"{len(seeds)} seeds ({names}); paired difference to the control (p)")
+    print("| arm | " + " | ".join(measures) + " |")
+    print("| --- " * (len(measures) + 1) + "|")
+    cells = {arm: [] for arm in arms if arm != "control"}
+    for m in measures:
+        rows = compare({arm: [seeds[s][arm][m] for s in sorted(seeds)] for arm in arms})
+        for arm in cells:
+            r = rows[arm]
+            p = "" if r["p_value"] is None else f" (p {r['p_value']:.3f})"
+            cells[arm].append(f"{r['diff_mean']:+.2f}{p}")
+    for arm, row in cells.items():
+        print(f"| {arm} | " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
