@@ -62,7 +62,8 @@ def fit_denoisers(
     ``data``: one input batch or an iterable of batches (a tuple / list batch is read as
     ``(inputs, labels, ...)``); ``forward(model, batch)`` runs other models. Modes, phases and
     the random state are restored. Under ``torch.distributed`` the moments of all processes
-    are summed, so every process sets the same D. Only the MSE loss has this optimum.
+    are summed, so every process sets the same D. Only the MSE loss has this optimum. Memory:
+    one float64 sum the size of D per layer (twice D's float32 bytes; 1.1 GB for ViT-B/16).
     """
     layers = denoise_layers(model)
     if not layers:
