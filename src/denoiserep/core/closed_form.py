@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .convert import denoise_layers, unwrap
+from .diagnostics import layer_inputs, run_batches
 from .layer import DenoiseLayer
 
 
@@ -42,12 +43,6 @@ class _SecondMoment:
         self.tokens += tokens.shape[0]
 
 
-def _default_forward(model: nn.Module, batch: Any) -> None:
-    device = next(model.parameters()).device
-    x = batch[0] if isinstance(batch, tuple | list) else batch
-    model(x.to(device))
-
-
 @torch.no_grad()
 def fit_denoisers(
     model: nn.Module,
@@ -59,46 +54,33 @@ def fit_denoisers(
     """Set every denoiser's D to b (a² M + b² I)⁻¹ (see the module docstring); return, per
     layer, the tokens seen and the minimum loss reached (``min_loss``, a mean over elements).
 
-    ``data``: one input batch or an iterable of batches (a tuple / list batch is read as
-    ``(inputs, labels, ...)``); ``forward(model, batch)`` runs other models. Modes, phases and
+    ``data``, ``forward`` and ``max_batches`` as :func:`diagnostics.run_batches` reads them
+    (one batch or an iterable of batches; a custom forward for other models). Modes, phases and
     the random state are restored. Under ``torch.distributed`` the moments of all processes
     are summed, so every process sets the same D. Only the MSE loss has this optimum. Memory:
     one float64 sum the size of D per layer (twice D's float32 bytes; 1.1 GB for ViT-B/16).
     """
     layers = denoise_layers(model)
-    if not layers:
-        raise ValueError("fit_denoisers: the model has no DenoiseRep layers (dr.convert it)")
     kinds = {layer.loss for layer in layers.values()}
     if kinds != {"mse"}:
         raise ValueError(f"fit_denoisers: the closed form needs loss 'mse', got {sorted(kinds)}")
     root = unwrap(model)
-    run = forward or _default_forward
-    batches = [data] if isinstance(data, torch.Tensor) else data
     moments = {name: _SecondMoment(layer) for name, layer in layers.items()}
-    modes = {m: m.training for m in root.modules()}
     phases = {name: layer.phase for name, layer in layers.items()}
-    hooks = [
-        layer.register_forward_pre_hook(lambda _, args, acc=moments[name]: acc.add(args[0]))
-        for name, layer in layers.items()
-    ]
     devices = [d for d in {p.device for p in root.parameters()} if d.type == "cuda"]
     try:
         # the label-free phase's forward: original weights, BatchNorm / dropout in eval; it
         # also draws noise for the loss, which fork_rng keeps out of the caller's stream
-        with torch.random.fork_rng(devices=devices):
+        with (
+            layer_inputs(root, lambda name, x: moments[name].add(x)),
+            torch.random.fork_rng(devices=devices),
+        ):
             root.eval()
             for layer in layers.values():
                 layer.phase = "denoiser"
                 layer.train()
-            for i, batch in enumerate(batches):
-                if max_batches is not None and i >= max_batches:
-                    break
-                run(root, batch)
+            run_batches(root, data, forward, max_batches)
     finally:
-        for hook in hooks:
-            hook.remove()
-        for m, mode in modes.items():
-            m.training = mode
         for name, layer in layers.items():
             layer.phase = phases[name]
             layer.last_loss = layer._pending = None

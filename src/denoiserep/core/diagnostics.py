@@ -8,7 +8,7 @@ once they return. ``explicit_denoising`` is the public switch to the paper's unf
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,54 @@ def explicit_denoising(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer, flag in zip(layers, before, strict=True):
             layer.explicit = flag
+
+
+@contextlib.contextmanager
+def layer_inputs(model: nn.Module, add: Callable[[str, torch.Tensor], None]) -> Iterator[nn.Module]:
+    """Within the block, every forward passes each DenoiseRep layer's input to
+    ``add(name, x)``; on exit the hooks are removed and every module's training mode (which
+    the block may change) is restored."""
+    root = unwrap(model)
+    modes = {m: m.training for m in root.modules()}
+    hooks = [
+        layer.register_forward_pre_hook(lambda _, args, name=name: add(name, args[0]))
+        for name, layer in denoise_layers(root).items()
+    ]
+    try:
+        yield root
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _default_forward(model: nn.Module, batch: Any) -> None:
+    device = next(model.parameters()).device
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if isinstance(batch, dict):
+        model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+    else:
+        model(batch.to(device))
+
+
+def run_batches(
+    model: nn.Module,
+    data: torch.Tensor | Iterable[Any],
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> None:
+    """Run ``model`` without gradients on one input batch (a tensor) or an iterable of batches
+    (a tuple / list batch is read as ``(inputs, labels, ...)``, a dict as keyword inputs), at
+    most ``max_batches`` of them; ``forward(model, batch)`` runs models that take other inputs."""
+    run = forward or _default_forward
+    batches = [data] if isinstance(data, torch.Tensor) else data
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            run(model, batch)
 
 
 def denoising_strength(model: nn.Module) -> list[dict[str, Any]]:

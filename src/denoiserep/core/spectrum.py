@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import denoise_layers, unwrap
+from .convert import denoise_layers
+from .diagnostics import layer_inputs, run_batches
 from .fusion import apply_channel_map
 from .layer import DenoiseLayer
 
@@ -133,16 +134,6 @@ def _sqrt(value: float | None) -> float | None:
     return None if value is None else math.sqrt(value)
 
 
-def _default_forward(model: nn.Module, batch: Any) -> None:
-    device = next(model.parameters()).device
-    if isinstance(batch, (tuple, list)):
-        batch = batch[0]
-    if isinstance(batch, dict):
-        model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-    else:
-        model(batch.to(device))
-
-
 def denoiser_spectrum(
     model: nn.Module,
     data: torch.Tensor | Iterable[Any] | None = None,
@@ -170,28 +161,9 @@ def denoiser_spectrum(
         rows.append({"depth": depth} | layer_spectrum(layer, keep_eigenvalues))
     accumulators = {name: _Accumulator(layer) for name, layer in layers.items()}
     if data is not None:
-        root = unwrap(model)
-        run = forward or _default_forward
-        batches = [data] if isinstance(data, torch.Tensor) else data
-        modes = {m: m.training for m in root.modules()}
-        handles = [
-            layer.register_forward_pre_hook(
-                lambda module, args, acc=accumulators[name]: acc.add(args[0])
-            )
-            for name, layer in layers.items()
-        ]
-        try:
+        with layer_inputs(model, lambda name, x: accumulators[name].add(x)) as root:
             root.eval()
-            with torch.no_grad():
-                for i, batch in enumerate(batches):
-                    if max_batches is not None and i >= max_batches:
-                        break
-                    run(root, batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-            for m, mode in modes.items():
-                m.training = mode
+            run_batches(root, data, forward, max_batches)
     for row in rows:
         row.update(accumulators[row["name"]].stats())
     return rows
