@@ -39,13 +39,9 @@ class TrainBenchConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        from denoiserep.engine.optim import DENOISER_OPTIMIZERS
+        from denoiserep.engine.optim import check_optimizer_names
 
-        if self.denoiser_optimizer not in DENOISER_OPTIMIZERS:
-            raise ValueError(
-                f"train.denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, "
-                f"got {self.denoiser_optimizer!r}"
-            )
+        check_optimizer_names("adamw", self.denoiser_optimizer, "train.")
         bad = [p for p in self.phases if p not in PHASES]
         if bad:
             raise ValueError(f"train.phases must be among {PHASES}, got {bad}")

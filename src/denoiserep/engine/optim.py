@@ -101,6 +101,18 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
     optimizer.load_state_dict(saved)
 
 
+def check_optimizer_names(optimizer: str, denoiser_optimizer: str, prefix: str = "") -> None:
+    """One-line errors for an unknown optimizer or denoiser optimizer (``prefix``: the
+    config section, e.g. ``train.``)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{prefix}optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if denoiser_optimizer not in DENOISER_OPTIMIZERS:
+        raise ValueError(
+            f"{prefix}denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, "
+            f"got {denoiser_optimizer!r}"
+        )
+
+
 def build_optimizer(
     model: nn.Module,
     name: str,
@@ -115,12 +127,7 @@ def build_optimizer(
     learning rate (its update is clipped to RMS 1, as Adam's is about), and the result is an
     :class:`OptimizerChain` of the two.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    if denoiser_optimizer not in DENOISER_OPTIMIZERS:
-        raise ValueError(
-            f"denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, got {denoiser_optimizer!r}"
-        )
+    check_optimizer_names(name, denoiser_optimizer)
     root = dr.unwrap(model)
     d_params = dr.denoiser_parameters(root) if dr.is_converted(root) else []
     denoisers = {id(p) for p in d_params}

@@ -26,7 +26,7 @@ from denoiserep.data.augment import BatchRows
 
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .optim import DENOISER_OPTIMIZERS, OPTIMIZERS, build_optimizer, cosine_with_warmup
+from .optim import build_optimizer, check_optimizer_names, cosine_with_warmup
 from .phases import phase_for_epoch
 
 
@@ -88,17 +88,11 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.denoiser_init not in ("zero", "closed_form"):
             raise ValueError(
                 f"denoiser_init must be 'zero' or 'closed_form', got {self.denoiser_init!r}"
             )
-        if self.denoiser_optimizer not in DENOISER_OPTIMIZERS:
-            raise ValueError(
-                f"denoiser_optimizer must be one of {DENOISER_OPTIMIZERS}, "
-                f"got {self.denoiser_optimizer!r}"
-            )
+        check_optimizer_names(self.optimizer, self.denoiser_optimizer)
         phase_for_epoch(self.phases, 0, self.denoiser_epochs, self.alternate_every)
 
 
