@@ -5,6 +5,8 @@
 #   bash scripts/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor
 #   bash scripts/robustness_denoisers.sh closed_form [OUT [OVERRIDE ...]]  # D at its optimum
 # OVERRIDEs go to both runs, e.g. "experiment.seeds=[3,4,5]" for more seeds.
+# MODELS="resnet18 convnext_atto" runs robust_fashion_resnet.yaml's study with each of these timm
+# models instead of the two backbones (side by side, one thread each; outputs OUT/<model>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study=${1:?usage: robustness_denoisers.sh adafactor|closed_form [OUT]}
@@ -23,9 +25,14 @@ closed_form) variants="variants={
 *) echo "unknown study $study: adafactor or closed_form" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
-run() { OMP_NUM_THREADS=1 /usr/bin/time -f "$1: wall %e s" .venv/bin/denoiserep ablate --no-progress \
-    --config "robust_fashion_$1.yaml" --output "$out/$1" "$variants" "${@:2}"; }
-run vit "$@" > "$out/vit.log" 2>&1 &
-run resnet "$@" > "$out/resnet.log" 2>&1 &
+run() { # NAME CONFIG [OVERRIDE ...]
+  OMP_NUM_THREADS=1 /usr/bin/time -f "$1: wall %e s" .venv/bin/denoiserep ablate --no-progress \
+    --config "robust_fashion_$2.yaml" --output "$out/$1" "$variants" "${@:3}"; }
+if [[ -n ${MODELS:-} ]]; then
+  for m in $MODELS; do run "$m" resnet "experiment.model.name=$m" "$@" > "$out/$m.log" 2>&1 & done
+else
+  run vit vit "$@" > "$out/vit.log" 2>&1 &
+  run resnet resnet "$@" > "$out/resnet.log" 2>&1 &
+fi
 wait
-tail -n 1 "$out/vit.log" "$out/resnet.log"
+for log in "$out"/*.log; do tail -n 1 "$log"; done
