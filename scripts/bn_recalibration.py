@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from scipy import stats
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 import denoiserep as dr
+from denoiserep.classification.ablation import compare
 from denoiserep.classification.datasets import build_classification_data
 from denoiserep.classification.protocol import materialize
 from denoiserep.classification.task import evaluate
@@ -96,11 +96,10 @@ def main() -> None:
     ]:
         cells = []
         for i in range(len(columns)):
-            x = [r[a][i] for r in results]
-            y = [r[b][i] for r in results]
-            diff = sum(x) / len(x) - sum(y) / len(y)
-            p = stats.ttest_rel(x, y).pvalue if len(x) > 1 else float("nan")
-            cells.append(f"{diff:+.2f} (p {p:.3f})" if p >= 0.001 else f"{diff:+.2f} (p < 0.001)")
+            row = compare({m: [r[m][i] for r in results] for m in (a, b)}, reference=b)[a]
+            p = row["p_value"]
+            p_text = "" if p is None else f" (p {p:.3f})" if p >= 0.001 else " (p < 0.001)"
+            cells.append(f"{row['diff_mean']:+.2f}{p_text}")
         print(f"| {a} − {b} | " + " | ".join(cells) + " |")
 
 

@@ -5,7 +5,7 @@
 #   bash scripts/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor
 #   bash scripts/robustness_denoisers.sh closed_form [OUT [OVERRIDE ...]]  # D at its optimum
 # OVERRIDEs go to both runs, e.g. "experiment.seeds=[3,4,5]" for more seeds.
-# MODELS="resnet18 convnext_atto" runs robust_fashion_resnet.yaml's study with each of these timm
+# MODELS="resnet18 mobilenetv3_large_100" runs robust_fashion_resnet.yaml's study with each of these timm
 # models instead of the two backbones (side by side, one thread each; outputs OUT/<model>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
