@@ -2,7 +2,8 @@
 at their optimum"). For every seed's baseline of ``denoiserep ablate`` runs on in-memory data:
 
 * ``baseline`` and ``baseline + BN``: the baseline, and the same with its BatchNorm statistics
-  recomputed on the training images (``torch.optim.swa_utils.update_bn``: no labels);
+  recomputed on the training images (``dr.recalibrate_batchnorm``: no labels; it equals
+  ``torch.optim.swa_utils.update_bn``, which made the README's figures, on these models);
 * ``closed form`` and ``closed form + BN``: the baseline converted with the strong schedule
   (robustness_denoisers.sh's), every D fitted in closed form (``dr.fit_denoisers``), fused,
   and the same with recalibrated BatchNorm statistics.
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 import denoiserep as dr
@@ -63,7 +63,7 @@ def run_seed(exp: dict, sets: object, baseline: Path) -> dict[str, list[float]]:
     models = {"baseline": model, "closed form": fused}
     for name in ("baseline", "closed form"):
         recalibrated = copy.deepcopy(models[name])
-        update_bn(images, recalibrated)
+        dr.recalibrate_batchnorm(recalibrated, images)
         models[f"{name} + BN"] = recalibrated
     return {name: scores(models[name], test, targets) for name in MODELS}
 

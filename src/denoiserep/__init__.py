@@ -7,6 +7,7 @@ loss = task_loss + cfg.loss_weight * dr.denoise_loss(model)
 plain = dr.fuse(model)
 """
 
+from .core.batchnorm import recalibrate_batchnorm
 from .core.closed_form import fit_denoisers
 from .core.config import DenoiseConfig
 from .core.convert import (
@@ -59,6 +60,7 @@ __all__ = [
     "is_converted",
     "linear_schedule",
     "load_converted",
+    "recalibrate_batchnorm",
     "reverse_step_matrix",
     "save_converted",
     "set_phase",

@@ -159,3 +159,46 @@ def test_closed_form_init_fits_D_on_the_training_set_before_any_epoch(tmp_path):
         torch.testing.assert_close(got, layer.D, rtol=1e-5, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="denoiser_init must be 'zero' or 'closed_form'"):
         TrainConfig(denoiser_init="pca")
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    )
+    config = dr.DenoiseConfig(loss_weight=0.1, beta_end=0.2)
+    return dr.convert(net, config, torch.randn(1, 1, 4, 4))
+
+
+def test_recalibrate_bn_recomputes_statistics_after_the_label_free_phase(tmp_path, capsys):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from denoiserep.core.closed_form import fit_denoisers
+
+    cfg = TrainConfig(epochs=0, batch_size=8, phases="denoiser", denoiser_init="closed_form")
+    stale = bn_model()
+    fit(stale, tiny_data(), cfg, ClassificationTask(), tmp_path / "a", progress=False)
+    assert "BatchNorm statistics are still the baseline's" in capsys.readouterr().out
+    assert int(dr.unwrap(stale)[1].num_batches_tracked) == 0
+
+    model = bn_model()
+    recal = dataclasses.replace(cfg, recalibrate_bn=True)
+    fit(model, tiny_data(), recal, ClassificationTask(), tmp_path / "b", progress=False)
+    assert "BatchNorm statistics of 1 layers recomputed" in capsys.readouterr().out
+    expected = bn_model()
+    fit_denoisers(expected, DataLoader(tiny_data(), batch_size=16))
+    order = DistributedSampler(tiny_data(), num_replicas=1, rank=0, seed=0)  # fit's epoch 0
+    dr.recalibrate_batchnorm(expected, DataLoader(tiny_data(), batch_size=8, sampler=order))
+    got, want = dr.unwrap(model)[1], dr.unwrap(expected)[1]
+    assert int(got.num_batches_tracked) == 6 and got.momentum == 0.1
+    torch.testing.assert_close(got.running_mean, want.running_mean)
+    torch.testing.assert_close(got.running_var, want.running_var)
+    assert not torch.allclose(got.running_mean, dr.unwrap(stale)[1].running_mean)
+    with pytest.raises(ValueError, match="recalibrate_bn"):
+        TrainConfig(recalibrate_bn="sometimes")
+
+
+def test_recalibrate_bn_without_batchnorm_says_so(tmp_path, capsys):
+    cfg = TrainConfig(epochs=1, batch_size=8, phases="joint", recalibrate_bn=True)
+    fit(tiny_model(), tiny_data(), cfg, ClassificationTask(), tmp_path, progress=False)
+    assert "recalibrate_bn: the model has no BatchNorm statistics" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 import denoiserep as dr
+from denoiserep.core.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from denoiserep.core.closed_form import fit_denoisers
 from denoiserep.data.augment import BatchRows
 
@@ -46,6 +47,10 @@ class TrainConfig:
     ``denoiser_init``: ``zero`` (D as converted) or ``closed_form``: before the first epoch
     every D is set to the minimiser of its expected noise-prediction loss on the training
     images (one label-free pass, no augmentation: ``core.closed_form.fit_denoisers``).
+    ``recalibrate_bn``: after the last epoch, every BatchNorm layer's running statistics are
+    recomputed on the training images under the final (fused) weights (one label-free pass,
+    no augmentation: ``core.batchnorm.recalibrate_batchnorm``); a label-free phase leaves them
+    as the baseline's weights produced them.
     """
 
     epochs: int = 10
@@ -53,6 +58,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     denoiser_optimizer: str = "same"
     denoiser_init: str = "zero"
+    recalibrate_bn: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
@@ -345,4 +351,42 @@ def fit(
     bar.close()
     if writer is not None:
         writer.close()
+    _finish_batchnorm(model, cfg, task, loader, sampler, device, tag, progress)
     return state["history"]
+
+
+def _finish_batchnorm(
+    model: nn.Module,
+    cfg: TrainConfig,
+    task: Task,
+    loader: DataLoader,
+    sampler: Any,
+    device: torch.device,
+    tag: str,
+    progress: bool,
+) -> None:
+    """``cfg.recalibrate_bn``: recompute BatchNorm statistics on the training images (epoch
+    0's order, so a resumed run does the same); otherwise point out when a label-free phase
+    (or a closed-form D with no epoch) ends the run and left them stale."""
+    if not batchnorm_layers(model):
+        if cfg.recalibrate_bn and dist.is_main():
+            tqdm.write(f"{tag}: recalibrate_bn: the model has no BatchNorm statistics")
+        return
+    if not cfg.recalibrate_bn:
+        last = phase_for_epoch(cfg.phases, cfg.epochs - 1, cfg.denoiser_epochs, cfg.alternate_every)
+        label_free = last == "denoiser" if cfg.epochs else cfg.denoiser_init == "closed_form"
+        if dr.is_converted(model) and label_free and dist.is_main():
+            tqdm.write(
+                f"{tag}: BatchNorm statistics are still the baseline's after the label-free "
+                "phase; recalibrate_bn=true recomputes them without labels"
+            )
+        return
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(0)
+    n = recalibrate_batchnorm(
+        model,
+        tqdm(loader, desc=f"{tag}: BatchNorm statistics", disable=not progress, leave=False),
+        forward=lambda m, batch: task.forward(m, task.to_device(batch, device)),
+    )
+    if dist.is_main():
+        tqdm.write(f"{tag}: BatchNorm statistics of {n} layers recomputed")
