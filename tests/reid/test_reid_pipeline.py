@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from denoiserep.cli import main, packaged_config
@@ -231,3 +232,30 @@ def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
         assert set(res["feature_noise"]) == {"0.5"}
         assert res["clean"]["mAP"] == pytest.approx(report["per_seed"]["0"][arm]["mAP"])
     assert "mCA" in printed
+
+
+def test_recalibrate_bn_renews_the_bnneck_statistics_on_each_arms_training_set(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    target = write_market(tmp_path / "a")
+    other = write_market(tmp_path / "b", train_ids=3, test_ids=2, seed=1)
+    args = [
+        f"data.root={target}",
+        f"data.merge_with=[{{name: market1501, root: {other}}}]",
+        "protocol=merged",
+        "finetune.phases=denoiser",
+        "finetune.epochs=1",
+    ]
+    _, _, printed = run(tmp_path / "stale", capsys, *args, "arms=[denoiserep]")
+    assert "denoiserep: BatchNorm statistics are still the baseline's" in printed
+    out, _, printed = run(tmp_path / "renewed", capsys, *args, "finetune.recalibrate_bn=true")
+    for arm in ("control", "denoiserep"):
+        assert f"seed 0 {arm}: BatchNorm statistics of 1 layers recomputed" in printed
+    baseline = load_file(str(out / "seed0" / "baseline" / "model.safetensors"))
+    fused = load_file(str(out / "seed0" / "denoiserep" / "fused.safetensors"))
+    control = load_file(str(out / "seed0" / "control" / "model.safetensors"))
+    key = "bottleneck.running_mean"
+    assert not torch.allclose(fused[key], baseline[key])
+    # one pass over each arm's own set, 8 a batch: the union's 36 images, the target's 24
+    assert int(fused["bottleneck.num_batches_tracked"]) == 36 // 8
+    assert int(control["bottleneck.num_batches_tracked"]) == 24 // 8
