@@ -45,3 +45,27 @@ def test_compare_paired_statistics():
     assert rows["a"]["beats_control"]
     assert rows["b"]["diff_mean"] == 0.0 and rows["b"]["p_value"] is None
     assert not rows["b"]["beats_control"]
+
+
+def test_a_variant_recalibrating_alone_is_pointed_out():
+    from denoiserep.classification.ablation import (
+        AblationConfig,
+        unmatched_recalibration,
+        variant_configs,
+    )
+    from denoiserep.engine.arms import Variant
+    from denoiserep.engine.config import from_dict
+
+    def check(experiment_finetune: dict, variants: dict) -> str | None:
+        data = {"experiment": {"finetune": experiment_finetune}, "variants": variants}
+        cfg = from_dict(AblationConfig, data)
+        built = [Variant(n, *variant_configs(cfg, n)) for n in cfg.variants]
+        return unmatched_recalibration(cfg, built)
+
+    alone = {"a": {}, "b": {"finetune": {"recalibrate_bn": True}}}
+    message = check({}, alone)
+    assert message.startswith("variant(s) b set finetune.recalibrate_bn=True, the control False")
+    assert check({"recalibrate_bn": True}, {"a": {}, "b": {}}) is None  # inherited by all
+    assert "variant(s) a " in check(
+        {"recalibrate_bn": True}, {"a": {"finetune": {"recalibrate_bn": False}}}
+    )

@@ -10,6 +10,7 @@ per-layer denoising strength.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,29 @@ def write_reports(report: dict[str, Any], out: Path) -> None:
     write_figures(report, out, "acc1")
 
 
+def unmatched_recalibration(cfg: AblationConfig, variants: list[Variant]) -> str | None:
+    """A warning when some variants recalibrate BatchNorm and the control does not (or the
+    reverse): their difference to the control then includes the recalibration itself."""
+    control = cfg.experiment.finetune.recalibrate_bn
+    odd = [v.name for v in variants if v.finetune.recalibrate_bn != control]
+    if not odd:
+        return None
+    return (
+        f"variant(s) {', '.join(odd)} set finetune.recalibrate_bn={not control}, the control "
+        f"{control}: their difference to the control includes the recalibration; set "
+        "experiment.finetune.recalibrate_bn to treat every arm alike"
+    )
+
+
 def run(cfg: AblationConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train baseline + control once per seed, then every variant; write the reports."""
     variants = [
         Variant(name, *variant_configs(cfg, name), cfg.variants[name].get("train_corruption"))
         for name in cfg.variants
     ]
+    mismatch = unmatched_recalibration(cfg, variants)
+    if mismatch:
+        warnings.warn(mismatch, stacklevel=2)
     exp = dataclasses.replace(cfg.experiment, arms=["control"], output=cfg.output)
     report, _ = run_arms_for(exp, overwrite, progress, cfg, write_reports, variants, "ablate")
     report["acc1"] = ablation_table(report)
