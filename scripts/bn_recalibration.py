@@ -2,11 +2,12 @@
 at their optimum"). For every seed's baseline of ``denoiserep ablate`` runs on in-memory data:
 
 * ``baseline`` and ``baseline + BN``: the baseline, and the same with its BatchNorm statistics
-  recomputed on the training images (``dr.recalibrate_batchnorm``: no labels; it equals
-  ``torch.optim.swa_utils.update_bn``, which made the README's figures, on these models);
+  recomputed on the training images augmented as in training (pad-crop-flip, one seeded draw;
+  ``dr.recalibrate_batchnorm``: no labels), as ``finetune.recalibrate_bn`` does;
+* ``baseline + BN (clean images)``: the same recalibration on the images as they are;
 * ``closed form`` and ``closed form + BN``: the baseline converted with the strong schedule
   (robustness_denoisers.sh's), every D fitted in closed form (``dr.fit_denoisers``), fused,
-  and the same with recalibrated BatchNorm statistics.
+  and the same with recalibrated BatchNorm statistics (augmented images).
 
 Each is scored clean and under Gaussian feature noise (σ 0.2, 0.5, seed 0, same noise for every
 model) on all test images; then the paired differences over seeds, with the paired t-test's p.
@@ -31,11 +32,24 @@ from denoiserep.classification.protocol import materialize
 from denoiserep.classification.task import evaluate
 from denoiserep.core.feature_noise import feature_noise
 from denoiserep.core.io import load_state_checked
+from denoiserep.data.augment import pad_crop_flip
 from denoiserep.models.factory import create_model
 
 STRONG = {"timesteps": 100, "beta_start": 1.0e-3, "beta_end": 0.2}
 SIGMAS = (0.2, 0.5)
-MODELS = ("baseline", "baseline + BN", "closed form", "closed form + BN")
+MODELS = (
+    "baseline",
+    "baseline + BN",
+    "baseline + BN (clean images)",
+    "closed form",
+    "closed form + BN",
+)
+COMPARISONS = (
+    ("closed form", "baseline"),
+    ("closed form + BN", "baseline + BN"),
+    ("baseline + BN", "baseline"),
+    ("baseline + BN (clean images)", "baseline"),
+)
 
 
 def scores(model: torch.nn.Module, test: object, targets: list[str]) -> list[float]:
@@ -48,23 +62,33 @@ def scores(model: torch.nn.Module, test: object, targets: list[str]) -> list[flo
 
 
 def run_seed(exp: dict, sets: object, baseline: Path) -> dict[str, list[float]]:
-    """The four models of one seed's baseline, scored."""
+    """The five models of one seed's baseline, scored."""
     train, test = sets.train, sets.test
     kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
     model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs)
     load_state_checked(model, baseline)
     model.eval()
-    images = DataLoader(train.tensors[0], batch_size=500)
+    images = list(DataLoader(train.tensors[0], batch_size=500))
+    generator = torch.Generator().manual_seed(0)
+    augmented = [
+        pad_crop_flip(x, generator, exp["data"].get("pad", 0), bool(exp["data"].get("flip")))
+        for x in images
+    ]
     config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG})
     converted = dr.convert(copy.deepcopy(model), config, example_input=train.tensors[0][:2])
     targets = list(dr.denoise_layers(converted))
     dr.fit_denoisers(converted, images)
     fused = dr.fuse(converted).eval()
     models = {"baseline": model, "closed form": fused}
-    for name in ("baseline", "closed form"):
+    for name, batches in [
+        ("baseline", augmented),
+        ("closed form", augmented),
+        ("baseline", images),
+    ]:
         recalibrated = copy.deepcopy(models[name])
-        dr.recalibrate_batchnorm(recalibrated, images)
-        models[f"{name} + BN"] = recalibrated
+        dr.recalibrate_batchnorm(recalibrated, batches)
+        suffix = " + BN" if batches is augmented else " + BN (clean images)"
+        models[name + suffix] = recalibrated
     return {name: scores(models[name], test, targets) for name in MODELS}
 
 
@@ -89,11 +113,7 @@ def main() -> None:
     print(f"\n{len(results)} seeds; paired difference (p)\n")
     print("| comparison | " + " | ".join(columns) + " |")
     print("| --- " * (len(columns) + 1) + "|")
-    for a, b in [
-        ("closed form", "baseline"),
-        ("closed form + BN", "baseline + BN"),
-        ("baseline + BN", "baseline"),
-    ]:
+    for a, b in COMPARISONS:
         cells = []
         for i in range(len(columns)):
             row = compare({m: [r[m][i] for r in results] for m in (a, b)}, reference=b)[a]

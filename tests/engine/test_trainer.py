@@ -171,28 +171,38 @@ def bn_model() -> nn.Module:
 
 
 def test_recalibrate_bn_recomputes_statistics_after_the_label_free_phase(tmp_path, capsys):
+    """On the training images augmented as in training, in epoch 0's order: what the layers
+    after each BatchNorm were trained to see."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from denoiserep.core.closed_form import fit_denoisers
+    from denoiserep.engine.trainer import _mix
 
+    task = ClassificationTask(pad=1, flip=True)
     cfg = TrainConfig(epochs=0, batch_size=8, phases="denoiser", denoiser_init="closed_form")
     stale = bn_model()
-    fit(stale, tiny_data(), cfg, ClassificationTask(), tmp_path / "a", progress=False)
+    fit(stale, tiny_data(), cfg, task, tmp_path / "a", progress=False)
     assert "BatchNorm statistics are still the baseline's" in capsys.readouterr().out
     assert int(dr.unwrap(stale)[1].num_batches_tracked) == 0
 
     model = bn_model()
     recal = dataclasses.replace(cfg, recalibrate_bn=True)
-    fit(model, tiny_data(), recal, ClassificationTask(), tmp_path / "b", progress=False)
+    fit(model, tiny_data(), recal, task, tmp_path / "b", progress=False)
     assert "BatchNorm statistics of 1 layers recomputed" in capsys.readouterr().out
-    expected = bn_model()
+    expected, clean = bn_model(), bn_model()
     fit_denoisers(expected, DataLoader(tiny_data(), batch_size=16))
+    fit_denoisers(clean, DataLoader(tiny_data(), batch_size=16))
     order = DistributedSampler(tiny_data(), num_replicas=1, rank=0, seed=0)  # fit's epoch 0
-    dr.recalibrate_batchnorm(expected, DataLoader(tiny_data(), batch_size=8, sampler=order))
+    batches = list(DataLoader(tiny_data(), batch_size=8, sampler=order))
+    generator = torch.Generator().manual_seed(_mix(0, 0, 1 << 21))
+    augmented = [task.augment(b, generator)[0] for b in batches]
+    dr.recalibrate_batchnorm(expected, augmented)
+    dr.recalibrate_batchnorm(clean, batches)
     got, want = dr.unwrap(model)[1], dr.unwrap(expected)[1]
     assert int(got.num_batches_tracked) == 6 and got.momentum == 0.1
     torch.testing.assert_close(got.running_mean, want.running_mean)
     torch.testing.assert_close(got.running_var, want.running_var)
+    assert not torch.allclose(got.running_var, dr.unwrap(clean)[1].running_var)
     assert not torch.allclose(got.running_mean, dr.unwrap(stale)[1].running_mean)
     with pytest.raises(ValueError, match="recalibrate_bn"):
         TrainConfig(recalibrate_bn="sometimes")

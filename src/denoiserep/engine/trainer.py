@@ -48,9 +48,9 @@ class TrainConfig:
     every D is set to the minimiser of its expected noise-prediction loss on the training
     images (one label-free pass, no augmentation: ``core.closed_form.fit_denoisers``).
     ``recalibrate_bn``: after the last epoch, every BatchNorm layer's running statistics are
-    recomputed on the training images under the final (fused) weights (one label-free pass,
-    no augmentation: ``core.batchnorm.recalibrate_batchnorm``); a label-free phase leaves them
-    as the baseline's weights produced them.
+    recomputed on the training images, augmented as in training, under the final (fused)
+    weights (one label-free pass: ``core.batchnorm.recalibrate_batchnorm``); a label-free
+    phase leaves them as the baseline's weights produced them.
     """
 
     epochs: int = 10
@@ -351,23 +351,36 @@ def fit(
     bar.close()
     if writer is not None:
         writer.close()
-    _finish_batchnorm(model, cfg, task, loader, sampler, device, tag, progress)
+    augmentation = torch.Generator().manual_seed(_mix(seed, cfg.epochs, 1 << 21))
+
+    def training_view(m: nn.Module, batch: Any) -> Any:  # what training normalised
+        batch = task.to_device(batch, device)
+        if rows:
+            return task.forward(m, task.augment(batch, augmentation, rows))
+        return task.forward(m, task.augment(batch, augmentation))
+
+    _finish_batchnorm(model, cfg, loader, sampler, training_view, tag, progress)
     return state["history"]
 
 
 def _finish_batchnorm(
     model: nn.Module,
     cfg: TrainConfig,
-    task: Task,
     loader: DataLoader,
     sampler: Any,
-    device: torch.device,
+    forward: Callable[[nn.Module, Any], Any],
     tag: str,
     progress: bool,
 ) -> None:
-    """``cfg.recalibrate_bn``: recompute BatchNorm statistics on the training images (epoch
-    0's order, so a resumed run does the same); otherwise point out when a label-free phase
-    (or a closed-form D with no epoch) ends the run and left them stale."""
+    """``cfg.recalibrate_bn``: recompute BatchNorm statistics on the training images as
+    training augments them (``forward``; epoch 0's order and a seeded draw, so a resumed run
+    does the same); otherwise point out when a label-free phase (or a closed-form D with no
+    epoch) ends the run and left them stale.
+
+    Augmented, not clean: the layers after each BatchNorm were trained on features normalised
+    with the augmented images' statistics. Recalibrated on clean images, MobileNetV3's
+    baseline lost 3.5 points of clean test accuracy, on augmented ones 0.3 (README "Two more
+    CNNs")."""
     if not batchnorm_layers(model):
         if cfg.recalibrate_bn and dist.is_main():
             tqdm.write(f"{tag}: recalibrate_bn: the model has no BatchNorm statistics")
@@ -386,7 +399,7 @@ def _finish_batchnorm(
     n = recalibrate_batchnorm(
         model,
         tqdm(loader, desc=f"{tag}: BatchNorm statistics", disable=not progress, leave=False),
-        forward=lambda m, batch: task.forward(m, task.to_device(batch, device)),
+        forward=forward,
     )
     if dist.is_main():
         tqdm.write(f"{tag}: BatchNorm statistics of {n} layers recomputed")
