@@ -40,7 +40,9 @@ SCRIPT = textwrap.dedent(
                 with open(f, "wb") as fh:
                     fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
                     fh.flush()
-                (out / "WRITING").write_text(str(f))
+                # the marker appears whole (the test polls for it, then reads it)
+                (out / "WRITING.tmp").write_text(str(f))
+                (out / "WRITING.tmp").replace(out / "WRITING")
                 time.sleep(600)
             return real_save(obj, f, *args, **kwargs)
 
