@@ -158,6 +158,12 @@ def _mix(*values: int) -> int:
     return h
 
 
+def _augment(task: Task, batch: Any, generator: torch.Generator, rows: BatchRows | None) -> Any:
+    """The task's augmentation of ``batch``; ``rows``: this process's rows of the global batch
+    under torchrun (tasks that never run distributed need not take the argument)."""
+    return task.augment(batch, generator, rows) if rows else task.augment(batch, generator)
+
+
 def _autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
@@ -283,7 +289,7 @@ def fit(
             torch.manual_seed(_mix(seed, epoch, step, rank))
             generator = torch.Generator().manual_seed(_mix(seed, epoch, step, 1 << 20))
             batch = task.to_device(batch, device)
-            batch = task.augment(batch, generator, rows) if rows else task.augment(batch, generator)
+            batch = _augment(task, batch, generator, rows)
             with _autocast(device, cfg.amp):
                 output = task.forward(runner, batch)
                 if phase == "denoiser":
@@ -354,10 +360,7 @@ def fit(
     augmentation = torch.Generator().manual_seed(_mix(seed, cfg.epochs, 1 << 21))
 
     def training_view(m: nn.Module, batch: Any) -> Any:  # what training normalised
-        batch = task.to_device(batch, device)
-        if rows:
-            return task.forward(m, task.augment(batch, augmentation, rows))
-        return task.forward(m, task.augment(batch, augmentation))
+        return task.forward(m, _augment(task, task.to_device(batch, device), augmentation, rows))
 
     _finish_batchnorm(model, cfg, loader, sampler, training_view, tag, progress)
     return state["history"]
