@@ -1,5 +1,5 @@
-"""Label-free closed-form denoisers with and without BatchNorm recalibration (README "Denoisers
-at their optimum"). For every seed's baseline of ``denoiserep ablate`` runs on in-memory data:
+"""Label-free closed-form denoisers with and without BatchNorm recalibration (docs/robustness.md,
+"Two more CNNs"). For every seed's baseline of ``denoiserep ablate`` runs on in-memory data:
 
 * ``baseline`` and ``baseline + BN``: the baseline, and the same with its BatchNorm statistics
   recomputed on the training images augmented as in training (pad-crop-flip, one seeded draw;
@@ -22,13 +22,10 @@ import copy
 from pathlib import Path
 
 import torch
-import yaml
+from seed_study import paired_table, run_seeds
 from torch.utils.data import DataLoader
 
 import denoiserep as dr
-from denoiserep.classification.ablation import compare
-from denoiserep.classification.datasets import build_classification_data
-from denoiserep.classification.protocol import materialize
 from denoiserep.classification.task import evaluate
 from denoiserep.core.feature_noise import feature_noise
 from denoiserep.core.io import load_state_checked
@@ -100,27 +97,13 @@ def main() -> None:
     columns = ["clean"] + [f"σ={s}" for s in SIGMAS]
     results = []
     print(f"per seed, {' / '.join(columns)} of: {', '.join(MODELS)}")
-    for run in args.runs:
-        exp = yaml.safe_load((run / "config.yaml").read_text())["experiment"]
-        data = exp["data"]
-        sets = build_classification_data(data["name"], data.get("root"), **data.get("options", {}))
-        sets.train, sets.test = materialize(sets.train), materialize(sets.test)
-        for seed_dir in sorted(run.glob("seed*")):
-            r = run_seed(exp, sets, seed_dir / "baseline" / "model.safetensors")
-            results.append(r)
-            row = " | ".join(" / ".join(f"{v:.2f}" for v in r[m]) for m in MODELS)
-            print(f"{run.name}/{seed_dir.name}: {row}", flush=True)
+    for exp, sets, seed_dir in run_seeds(args.runs):
+        r = run_seed(exp, sets, seed_dir / "baseline" / "model.safetensors")
+        results.append(r)
+        row = " | ".join(" / ".join(f"{v:.2f}" for v in r[m]) for m in MODELS)
+        print(f"{seed_dir.parent.name}/{seed_dir.name}: {row}", flush=True)
     print(f"\n{len(results)} seeds; paired difference (p)\n")
-    print("| comparison | " + " | ".join(columns) + " |")
-    print("| --- " * (len(columns) + 1) + "|")
-    for a, b in COMPARISONS:
-        cells = []
-        for i in range(len(columns)):
-            row = compare({m: [r[m][i] for r in results] for m in (a, b)}, reference=b)[a]
-            p = row["p_value"]
-            p_text = "" if p is None else f" (p {p:.3f})" if p >= 0.001 else " (p < 0.001)"
-            cells.append(f"{row['diff_mean']:+.2f}{p_text}")
-        print(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    print(paired_table(results, COMPARISONS, columns))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from denoiserep.classification.ablation import compare
+from seed_study import paired_cell
 
 MEASURES = "acc1,mCA,mFA,feature_noise_0.2,feature_noise_0.5,gaussian_blur_mean,pixelate_mean"
 
@@ -41,12 +41,11 @@ def main() -> None:
     print("| arm | " + " | ".join(measures) + " |")
     print("| --- " * (len(measures) + 1) + "|")
     cells = {arm: [] for arm in arms if arm != "control"}
+    order = sorted(seeds)
     for m in measures:
-        rows = compare({arm: [seeds[s][arm][m] for s in sorted(seeds)] for arm in arms})
+        control = [seeds[s]["control"][m] for s in order]
         for arm in cells:
-            r = rows[arm]
-            p = "" if r["p_value"] is None else f" (p {r['p_value']:.3f})"
-            cells[arm].append(f"{r['diff_mean']:+.2f}{p}")
+            cells[arm].append(paired_cell([seeds[s][arm][m] for s in order], control))
     for arm, row in cells.items():
         print(f"| {arm} | " + " | ".join(row) + " |")
 

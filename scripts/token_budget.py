@@ -6,7 +6,7 @@ it). D is trained with Adam (or, with ``adafactor``, the factored optimizer of
 ``train.denoiser_optimizer=adafactor``) on 4096-token batches, the loss computed on all tokens or
 on a budget of them; printed: the excess risk R(D) - R(D*) as a share of that of D = 0.
 
-    .venv/bin/python scripts/token_budget.py [steps [adam|adafactor]]   # README: 2000, ~1 min
+    .venv/bin/python scripts/token_budget.py [steps [adam|adafactor]]   # docs: 2000, ~1 min
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A label-free DenoiseRep phase (or ``fit_denoisers``) changes what every fused layer outputs
 while BatchNorm keeps the running mean and variance it collected under the baseline's weights.
-On some CNNs that mismatch costs far more accuracy than the denoising does (README "Two more
-CNNs": MobileNetV3, -39 points). :func:`recalibrate_batchnorm` recomputes those statistics
+On some CNNs that mismatch costs far more accuracy than the denoising does (docs/robustness.md,
+"Two more CNNs": MobileNetV3, -39 points). :func:`recalibrate_batchnorm` recomputes those statistics
 in one label-free pass, as ``torch.optim.swa_utils.update_bn`` does for weight averaging, but
 with the rest of the model in eval mode: dropout off and DenoiseRep layers computing exactly
 the fused weight, so the statistics are those of the model that will be exported.
@@ -52,7 +52,7 @@ def recalibrate_batchnorm(
 
     Pass the training images augmented as in training: the layers after each BatchNorm were
     trained on features normalised with those statistics (clean images cost MobileNetV3 at
-    28x28 1.06 points over six seeds, 3.2 in one; README "Two more CNNs").
+    28x28 1.06 points over six seeds, 3.2 in one; docs/robustness.md).
     """
     norms = batchnorm_layers(model)
     if not norms:

@@ -383,7 +383,7 @@ def _finish_batchnorm(
     Augmented, not clean: the layers after each BatchNorm were trained on features normalised
     with the augmented images' statistics. Recalibrated on clean images, MobileNetV3's
     baseline lost 1.06 points of clean test accuracy over six seeds (3.2 in one), on augmented
-    ones 0.12 (README "Two more CNNs")."""
+    ones 0.12 (docs/robustness.md, "Two more CNNs")."""
     if not batchnorm_layers(model):
         if cfg.recalibrate_bn and dist.is_main():
             tqdm.write(f"{tag}: recalibrate_bn: the model has no BatchNorm statistics")

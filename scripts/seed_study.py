@@ -1,0 +1,54 @@
+"""What the seed-study scripts share: the seeds of ``denoiserep ablate`` runs with their data
+loaded once per run, and the paired comparison over seeds as a Markdown table.
+
+Imported by ``bn_recalibration.py``, ``activation_quantization.py`` and ``pool_seeds.py`` (the
+scripts folder is on ``sys.path`` when one of them runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from denoiserep.classification.ablation import compare
+from denoiserep.classification.datasets import build_classification_data
+from denoiserep.classification.protocol import materialize
+
+
+def run_seeds(runs: Sequence[Path]) -> Iterator[tuple[dict[str, Any], Any, Path]]:
+    """(experiment config, data sets held in memory, seed folder) for every seed of every run."""
+    for run in runs:
+        exp = yaml.safe_load((run / "config.yaml").read_text())["experiment"]
+        data = exp["data"]
+        sets = build_classification_data(data["name"], data.get("root"), **data.get("options", {}))
+        sets.train, sets.test = materialize(sets.train), materialize(sets.test)
+        for seed_dir in sorted(run.glob("seed*")):
+            yield exp, sets, seed_dir
+
+
+def paired_cell(a: Sequence[float], b: Sequence[float]) -> str:
+    """Mean of a - b over seeds, with the paired t-test's p: ``+1.23 (p 0.004)``."""
+    row = compare({"a": list(a), "b": list(b)}, reference="b")["a"]
+    p = row["p_value"]
+    p_text = "" if p is None else f" (p {p:.3f})" if p >= 0.001 else " (p < 0.001)"
+    return f"{row['diff_mean']:+.2f}{p_text}"
+
+
+def paired_table(
+    results: Sequence[dict[str, Sequence[float]]],
+    comparisons: Sequence[tuple[str, str]],
+    columns: Sequence[str],
+) -> str:
+    """One row per (a, b) comparison: ``a − b`` in every column, over the seeds in ``results``
+    (each a mapping of model name to its scores, one per column)."""
+    lines = ["| comparison | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 1) + "|"]
+    for a, b in comparisons:
+        cells = [
+            paired_cell([r[a][i] for r in results], [r[b][i] for r in results])
+            for i in range(len(columns))
+        ]
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
