@@ -69,3 +69,32 @@ def test_a_variant_recalibrating_alone_is_pointed_out():
     assert "variant(s) a " in check(
         {"recalibrate_bn": True}, {"a": {"finetune": {"recalibrate_bn": False}}}
     )
+
+
+def test_robustness_comparison_covers_every_robustness_number():
+    from denoiserep.classification.ablation import robustness_comparison, robustness_comparison_rows
+
+    def arm(shift: float) -> dict:
+        return {
+            "acc1": 80.0 + shift,
+            "mCA": 60.0 + shift,
+            "mFA": 70.0 + shift,
+            "contrast_mean": 50.0 + shift,
+            "feature_noise_0.5": 40.0 + shift,
+            "feature_bits_3": 30.0 + 2 * shift,
+        }
+
+    report = {
+        "arms": ["control", "variant"],
+        "per_seed": {
+            str(s): {"control": arm(0.1 * s), "variant": arm(0.1 * s + 1 + 0.2 * s)}
+            for s in range(3)
+        },
+    }
+    table = robustness_comparison(report)
+    assert list(table) == ["mCA", "mFA", "contrast_mean", "feature_noise_0.5", "feature_bits_3"]
+    assert table["feature_bits_3"]["variant"]["diff_mean"] > table["mCA"]["variant"]["diff_mean"]
+    report["robust_paired"] = table
+    assert any(
+        line.startswith("| feature_bits_3 | +") for line in robustness_comparison_rows(report)
+    )

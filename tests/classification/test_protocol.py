@@ -15,6 +15,7 @@ TINY = [
     "robustness.corruptions=[gaussian_noise, contrast]",
     "robustness.severities=[1, 5]",
     "robustness.feature_sigmas=[0.5]",
+    "robustness.feature_bits=[3]",
 ]
 
 
@@ -40,9 +41,11 @@ def test_protocol_all_arms_and_report(tmp_path, capsys):
         assert set(res["corruptions"]) == {"gaussian_noise", "contrast"}
         assert set(res["corruptions"]["contrast"]) == {"1", "5"}
         assert res["corruptions"]["contrast"]["5"]["acc1"] < res["clean"]["acc1"]
-        assert {"mCA", "mFA", "feature_noise_0.5"} <= set(report["summary"][arm])
+        assert {"mCA", "mFA", "feature_noise_0.5", "feature_bits_3"} <= set(report["summary"][arm])
+        assert res["feature_bits"]["3"]["acc1"] != res["clean"]["acc1"]
     assert report["summary"]["baseline"]["mCE"]["mean"] == 100.0
     assert "mCA" in (out / "results.md").read_text()
+    assert "3-bit features" in (out / "results.md").read_text()
     assert (out / "robustness.png").stat().st_size > 10_000
     assert (out / "spectrum_denoiserep.png").stat().st_size > 10_000
     assert len(report["spectrum"]["denoiserep"]) == 6

@@ -20,7 +20,7 @@ from denoiserep.engine.robustness import (
 )
 
 
-def arm(clean, gaussian, contrast, noise):
+def arm(clean, gaussian, contrast, noise, bits=(80.0, 30.0)):
     return {
         "clean": {"acc1": clean, "acc5": 100.0},
         "corruptions": {
@@ -28,12 +28,13 @@ def arm(clean, gaussian, contrast, noise):
             "contrast": {"1": {"acc1": contrast[0]}, "2": {"acc1": contrast[1]}},
         },
         "feature_noise": {"0.1": {"acc1": noise[0]}, "0.5": {"acc1": noise[1]}},
+        "feature_bits": {"6": {"acc1": bits[0]}, "3": {"acc1": bits[1]}},
     }
 
 
 PER_ARM = {
     "baseline": arm(90.0, (80.0, 60.0), (70.0, 50.0), (85.0, 40.0)),
-    "denoiserep": arm(92.0, (85.0, 70.0), (70.0, 50.0), (88.0, 50.0)),
+    "denoiserep": arm(92.0, (85.0, 70.0), (70.0, 50.0), (88.0, 50.0), (86.0, 45.0)),
 }
 
 
@@ -54,6 +55,7 @@ def test_mca_and_mce_on_hand_numbers():
     assert dr_["severity_acc"] == pytest.approx({"1": 77.5, "2": 60.0})
     assert dr_["feature_noise"] == {"0.1": 88.0, "0.5": 50.0}
     assert dr_["mFA"] == pytest.approx(69.0)
+    assert dr_["feature_bits"] == {"6": 86.0, "3": 45.0} and s["bits"] == ["6", "3"]
     assert s["baseline"] == "baseline"
     json.dumps(s)
 
@@ -77,6 +79,14 @@ def test_arms_evaluated_differently_are_refused():
     del other["denoiserep"]["corruptions"]["contrast"]["2"]
     with pytest.raises(ValueError, match="same RobustnessConfig"):
         summarize_robustness(other, "acc1")
+    other = copy.deepcopy(PER_ARM)
+    del other["baseline"]["feature_bits"]["3"]
+    with pytest.raises(ValueError, match="same RobustnessConfig"):
+        summarize_robustness(other, "acc1")
+    without = copy.deepcopy(PER_ARM)  # results written before feature_bits existed
+    for res in without.values():
+        del res["feature_bits"]
+    assert summarize_robustness(without, "acc1")["arms"]["baseline"]["feature_bits"] == {}
     with pytest.raises(KeyError, match="mAP"):
         summarize_robustness(PER_ARM, "mAP")
 
@@ -86,7 +96,8 @@ def test_table_and_plot(tmp_path):
     lines = table.splitlines()
     assert lines[0].startswith("| arm | clean acc1 | mCA | mCE (%)")
     row = next(line for line in lines if line.startswith("| denoiserep | 92.00 | 68.75 |"))
-    assert "| 87.5 |" in row and "| 88.00 | 50.00 | 69.00 |" in row
+    assert "| 87.5 |" in row and "| 88.00 | 50.00 | 69.00 | 86.00 | 45.00 |" in row
+    assert lines[0].endswith("| mean σ | 6-bit features | 3-bit features |")
     assert "| denoiserep | 77.50 (75) | 60.00 (100) |" in table
     path = tmp_path / "robustness.png"
     plot_robustness(PER_ARM, str(path), metric="acc1")
@@ -97,6 +108,7 @@ def test_config_validation_and_round_trip():
     cfg = RobustnessConfig()
     assert cfg.enabled is False and cfg.severities == [1, 2, 3, 4, 5]
     assert cfg.feature_sigmas == [0.05, 0.1, 0.2, 0.5] and len(cfg.corruptions) == 7
+    assert cfg.feature_bits == []  # off unless asked for
     assert RobustnessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="valid: enabled"):
         RobustnessConfig.from_dict({"severity": [1]})
@@ -107,6 +119,11 @@ def test_config_validation_and_round_trip():
         {"max_images": 0},
         {"table": "tiny"},
         {"severities": [1, 1]},
+        {"feature_bits": [1]},
+        {"feature_bits": [17]},
+        {"feature_bits": [4.5]},
+        {"feature_bits": [True]},
+        {"feature_bits": [8, 8]},
     ):
         with pytest.raises(ValueError):
             RobustnessConfig(**bad)
@@ -149,6 +166,7 @@ def test_evaluate_robustness_runs_every_condition_with_the_same_noise_for_each_a
         corruptions=["gaussian_noise", "pixelate"],
         severities=[1, 3],
         feature_sigmas=[0.0, 0.2],
+        feature_bits=[16, 2],
         max_images=10,
     )
     model = make_model()
@@ -162,16 +180,22 @@ def test_evaluate_robustness_runs_every_condition_with_the_same_noise_for_each_a
         "pixelate/3",
         "feature_noise/0",
         "feature_noise/0.2",
+        "feature_bits/16",
+        "feature_bits/2",
     ]
     assert all(n == 10 for _, n, _ in seen)  # max_images
     changes = {k: d for k, _, d in seen}
     assert changes["clean"] == 0 and changes["feature_noise/0.2"] == 0
+    assert changes["feature_bits/2"] == 0  # quantization acts on the layers, not the images
     assert changes["gaussian_noise/3"] > changes["gaussian_noise/1"] > 0.05
-    assert set(res) == {"clean", "corruptions", "feature_noise", "config", "layers"}
+    assert set(res) == {"clean", "corruptions", "feature_noise", "feature_bits", "config", "layers"}
     assert res["layers"] == ["0", "3"]
     assert res["clean"] == {"score": pytest.approx(res["feature_noise"]["0"]["score"])}
     assert res["feature_noise"]["0"]["score"] == res["clean"]["score"]  # sigma 0: bit for bit
     assert res["feature_noise"]["0.2"]["score"] != res["clean"]["score"]
+    clean_score = res["clean"]["score"]
+    assert res["feature_bits"]["16"]["score"] == pytest.approx(clean_score, rel=1e-3)
+    assert res["feature_bits"]["2"]["score"] != pytest.approx(clean_score, rel=1e-3)
     assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 0
     again = evaluate_robustness(evaluate, copy.deepcopy(model), cfg, layer_names=["0", "3"])
     assert again == res  # another arm with the same weights sees the same noise and images
@@ -182,6 +206,9 @@ def test_evaluate_robustness_runs_every_condition_with_the_same_noise_for_each_a
 def test_evaluate_that_ignores_the_model_is_an_error():
     cfg = RobustnessConfig(corruptions=[], severities=[1], feature_sigmas=[0.1])
     with pytest.raises(RuntimeError, match="none of its layers"):
+        evaluate_robustness(lambda model, cond: {"acc": 1.0}, make_model(), cfg)
+    cfg = RobustnessConfig(corruptions=[], severities=[1], feature_sigmas=[], feature_bits=[4])
+    with pytest.raises(RuntimeError, match="quantization reached none"):
         evaluate_robustness(lambda model, cond: {"acc": 1.0}, make_model(), cfg)
 
 

@@ -104,14 +104,15 @@ ROBUST_KEYS = ("mCA", "mFA")
 
 def robustness_comparison(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """Paired comparison to the control of every robustness number: mCA, mean feature-noise
-    accuracy (mFA), each corruption family (mean over severities) and each noise level."""
+    accuracy (mFA), each corruption family (mean over severities), each noise level and each
+    quantization width."""
     per_seed = report["per_seed"]
     arms = [a for a in report["arms"] if all(a in r for r in per_seed.values())]
     if "control" not in arms or not per_seed:
         return {}
     first = next(iter(per_seed.values()))["control"]
     keys = [k for k in first if k in ROBUST_KEYS or k.endswith("_mean")]
-    keys += [k for k in first if k.startswith("feature_noise_")]
+    keys += [k for k in first if k.startswith(("feature_noise_", "feature_bits_"))]
     return {key: compare({a: [r[a][key] for r in per_seed.values()] for a in arms}) for key in keys}
 
 

@@ -14,13 +14,19 @@ DenoiseRep denoiser is trained to remove, applied identically to any arm:
   reverse step, as in the fused export;
 * ``sigma = 0`` changes nothing, bit for bit; the hooks are removed when the context exits,
   also on an exception.
+
+``with feature_quantization(model, bits=4, targets=names): evaluate(model)`` rounds the same
+inputs to ``2**bits`` levels instead: uniform, asymmetric, the range of each sample's input (the
+min and max over all of ``x[i]``), as dynamic activation quantization does at deployment. The
+rounding error is feature noise a quantized model really meets; per-sample ranges make the
+result independent of the evaluation batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +93,49 @@ class FeatureNoise:
     calls: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class FeatureQuantization:
+    """What a ``feature_quantization`` context did: its layers and how often each was called."""
+
+    bits: int
+    layers: list[str]
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+Perturb = Callable[[str, int, torch.Tensor], "torch.Tensor | None"]
+
+
+@contextmanager
+def _perturbed_inputs(
+    layers: dict[str, nn.Module], calls: dict[str, int], perturb: Perturb
+) -> Iterator[None]:
+    """Within the context, ``perturb(name, call, x)`` replaces the floating-point first input
+    ``x`` of each layer (None: unchanged); ``calls`` counts every layer's forwards."""
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            call = calls[name]
+            calls[name] = call + 1
+            if not args or not isinstance(args[0], torch.Tensor):
+                return None
+            x = args[0]
+            if not x.is_floating_point() or x.numel() == 0:
+                return None
+            out = perturb(name, call, x)
+            return None if out is None else (out, *args[1:])
+
+        return hook
+
+    handles = []
+    try:
+        for name, module in layers.items():
+            handles.append(module.register_forward_pre_hook(hook_for(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _noisy(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     compute = torch.promote_types(x.dtype, torch.float32)
     g = torch.Generator(device=x.device)
@@ -112,24 +161,42 @@ def feature_noise(
     layers = target_layers(model, targets)
     record = FeatureNoise(sigma, int(seed), list(layers), dict.fromkeys(layers, 0))
 
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            call = record.calls[name]
-            record.calls[name] = call + 1
-            if sigma == 0.0 or not args or not isinstance(args[0], torch.Tensor):
-                return None
-            x = args[0]
-            if not x.is_floating_point() or x.numel() == 0:
-                return None
-            return (_noisy(x, sigma, noise_seed(record.seed, name, call)), *args[1:])
+    def perturb(name: str, call: int, x: torch.Tensor) -> torch.Tensor | None:
+        if sigma == 0.0:
+            return None
+        return _noisy(x, sigma, noise_seed(record.seed, name, call))
 
-        return hook
-
-    handles = []
-    try:
-        for name, module in layers.items():
-            handles.append(module.register_forward_pre_hook(hook_for(name)))
+    with _perturbed_inputs(layers, record.calls, perturb):
         yield record
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+def quantize_per_sample(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` rounded to ``2**bits`` evenly spaced levels between the min and max of each sample
+    ``x[i]`` (the whole tensor if it has one dimension); a constant sample stays as it is."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    v = x.detach().to(compute)
+    rows = v.reshape(1, -1) if v.dim() < 2 else v.reshape(v.shape[0], -1)
+    shape = (-1,) + (1,) * (v.dim() - 1) if v.dim() >= 2 else (1,)
+    lo = rows.amin(dim=1).reshape(shape)
+    levels = 2**bits - 1
+    step = (rows.amax(dim=1).reshape(shape) - lo) / levels
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    q = torch.round((v - lo) / safe).clamp_(0, levels) * safe + lo
+    return torch.where(step > 0, q, v).to(x.dtype)
+
+
+@contextmanager
+def feature_quantization(
+    model: nn.Module, bits: int, targets: Iterable[str] | None = None
+) -> Iterator[FeatureQuantization]:
+    """Within the context each target's input is rounded to ``bits`` bits per entry
+    (:func:`quantize_per_sample`), as a model with dynamically quantized activations computes;
+    ``targets`` as for :func:`feature_noise`. Weights are left in floating point."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an integer in 2..16, got {bits!r}")
+    layers = target_layers(model, targets)
+    record = FeatureQuantization(bits, list(layers), dict.fromkeys(layers, 0))
+    with _perturbed_inputs(
+        layers, record.calls, lambda name, call, x: quantize_per_sample(x, bits)
+    ):
+        yield record

@@ -41,7 +41,8 @@ from denoiserep.models.factory import num_parameters
 from . import dist
 from .config import check_training_plan, to_dict
 from .report import aggregate_seeds
-from .robustness import RobustnessConfig, evaluate_robustness, summarize_robustness
+from .robustness import RobustnessConfig, evaluate_robustness
+from .robustness_summary import summarize_robustness
 from .runs import open_run_folder
 from .trainer import TrainConfig, fit
 
@@ -318,7 +319,8 @@ class ArmRunner:
         )
 
     def _robustness(self, seed: int, arm: str, model: nn.Module) -> dict[str, float]:
-        """Corrupted and feature-noise metrics of one arm; headline numbers as scalars."""
+        """Corrupted, feature-noise and quantized-feature metrics of one arm; headline numbers
+        as scalars."""
         cfg = self.cfg.robustness
         if not cfg.enabled:
             return {}
@@ -332,6 +334,7 @@ class ArmRunner:
             scalars["mCE"] = row["mCE"]
         scalars.update({f"{c}_mean": v for c, v in row["corruption_acc"].items()})
         scalars.update({f"feature_noise_{k}": v for k, v in row["feature_noise"].items()})
+        scalars.update({f"feature_bits_{k}": v for k, v in row["feature_bits"].items()})
         return {k: v for k, v in scalars.items() if v is not None}
 
     def _spectrum(self, seed: int, name: str, converted: nn.Module) -> None:

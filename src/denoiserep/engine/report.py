@@ -134,7 +134,7 @@ def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
     per_arm = robustness_over_seeds(report)
     if not per_arm:
         return []
-    from .robustness import robustness_table, summarize_robustness
+    from .robustness_summary import robustness_table, summarize_robustness
 
     seeds = len(report["robustness"])
     first = next(iter(next(iter(report["robustness"].values())).values()))["config"]
@@ -154,7 +154,7 @@ def write_figures(report: dict[str, Any], out: Path, metric: str) -> None:
     """robustness.png (metric against severity / sigma) and spectrum_<arm>.png, if measured."""
     per_arm = robustness_over_seeds(report)
     if per_arm:
-        from .robustness import plot_robustness
+        from .robustness_summary import plot_robustness
 
         plot_robustness(per_arm, str(out / "robustness.png"), metric=metric)
     if report.get("spectrum"):
