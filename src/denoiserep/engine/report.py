@@ -130,7 +130,8 @@ def robustness_over_seeds(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
-    """Markdown: clean / mCA / mCE / feature-noise table (mean over seeds), if measured."""
+    """Markdown: clean / mCA / mCE / feature-noise / quantized-feature table (mean over seeds),
+    if measured."""
     per_arm = robustness_over_seeds(report)
     if not per_arm:
         return []
@@ -140,11 +141,18 @@ def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
     first = next(iter(next(iter(report["robustness"].values())).values()))["config"]
     severities = ", ".join(str(s) for s in first["severities"])
     images = first.get("max_images") or "all"
+    bits = first.get("feature_bits") or []
+    quantized = (
+        "; n-bit features: each target layer's input rounded to n bits over each sample's range"
+        if bits
+        else ""
+    )
     return [
         "",
         f"Robustness ({metric}, mean over {seeds} seed(s), {images} test images; ImageNet-C "
         f"corruptions ({first['table']} parameters) at severities {severities}; feature noise "
-        "sigma relative to each target layer's input std, the same noise for every arm):",
+        f"sigma relative to each target layer's input std, the same noise for every arm"
+        f"{quantized}):",
         "",
         robustness_table(summarize_robustness(per_arm, metric)).rstrip("\n"),
     ]

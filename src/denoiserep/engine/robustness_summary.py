@@ -222,7 +222,8 @@ def plot_robustness(
         else:
             ax.set_xlabel("severity (0 = clean)")
             ax.set_xticks(range(0, 6))
-        ax.set_title(panel.replace("_", " "), fontsize=10)
+        title = "quantized features" if panel == "feature_bits" else panel.replace("_", " ")
+        ax.set_title(title, fontsize=10)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
