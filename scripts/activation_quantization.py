@@ -1,0 +1,91 @@
+"""Do fused denoisers help when features are quantized? (docs/robustness.md).
+
+Quantizing activations is feature noise a deployed model really meets: each layer's input is
+rounded to a grid, an error of up to half a step per entry. A fused DenoiseRep layer computes
+W·A_t·q(x) = W·(A_t x + A_t e), so its reverse step acts on that error e as it does on Gaussian
+feature noise. This script scores the arms of ``denoiserep ablate`` runs (the models they saved,
+fused for DenoiseRep arms; no training) with every target layer's input rounded to ``b`` bits
+(``denoiserep.core.feature_noise.feature_quantization``: uniform, the range of each sample's
+input, weights in float32; the pipelines' ``robustness.feature_bits``) on all test images, then
+prints the paired differences over every seed of every run with the paired t-test's p: each
+arm against the control, and the label-free arm against the baseline it was fitted to.
+
+    .venv/bin/python scripts/activation_quantization.py RUN_DIR [RUN_DIR ...] [--bits 8 6 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+from seed_study import paired_table, run_seeds
+
+import denoiserep as dr
+from denoiserep.classification.task import evaluate
+from denoiserep.core.feature_noise import feature_quantization
+from denoiserep.core.io import load_state_checked
+from denoiserep.models.factory import create_model
+
+ARMS = ("baseline", "control", "label_free_strong_closed_form", "joint_strong_closed_form")
+COMPARISONS = (
+    ("baseline", "control"),
+    ("label_free_strong_closed_form", "control"),
+    ("joint_strong_closed_form", "control"),
+    ("label_free_strong_closed_form", "baseline"),
+)
+
+
+def run_seed(exp: dict, sets: object, seed_dir: Path, bits: list[int]) -> dict[str, list[float]]:
+    """Clean acc@1, then acc@1 at each of ``bits``, for every arm of one seed."""
+    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
+    images = sets.train.tensors[0]
+    out = {}
+    targets = None
+    for arm in ARMS:
+        model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
+        if targets is None:
+            config = dr.DenoiseConfig(**exp["denoise"])
+            converted = dr.convert(copy.deepcopy(model), config, example_input=images[:2])
+            targets = list(dr.denoise_layers(converted))
+        weights = seed_dir / arm / "model.safetensors"  # baseline and control
+        if not weights.exists():
+            weights = seed_dir / arm / "fused.safetensors"  # DenoiseRep arms, fused
+        load_state_checked(model, weights)
+        scores = [evaluate(model, sets.test, 500)["acc1"]]
+        for b in bits:
+            with feature_quantization(model, b, targets=targets):
+                scores.append(evaluate(model, sets.test, 500)["acc1"])
+        out[arm] = scores
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--bits", nargs="+", type=int, default=[8, 6, 4, 3, 2])
+    args = parser.parse_args()
+    if any(b < 2 or b > 16 for b in args.bits):
+        parser.error(f"--bits must lie in 2..16, got {args.bits}")
+    torch.manual_seed(0)
+    columns = ["clean"] + [f"{b} bits" for b in args.bits]
+    results = []
+    print(f"per seed, acc@1 {' / '.join(columns)} of: {', '.join(ARMS)}")
+    for exp, sets, seed_dir in run_seeds(args.runs):
+        r = run_seed(exp, sets, seed_dir, args.bits)
+        results.append(r)
+        row = " | ".join(" / ".join(f"{v:.2f}" for v in r[a]) for a in ARMS)
+        print(f"{seed_dir.parent.name}/{seed_dir.name}: {row}", flush=True)
+    print(f"\n{len(results)} seeds; mean acc@1 per arm\n")
+    print("| arm | " + " | ".join(columns) + " |")
+    print("| --- " * (len(columns) + 1) + "|")
+    for arm in ARMS:
+        means = [sum(r[arm][i] for r in results) / len(results) for i in range(len(columns))]
+        print(f"| {arm} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    print(f"\n{len(results)} seeds; paired difference (p)\n")
+    print(paired_table(results, COMPARISONS, columns))
+
+
+if __name__ == "__main__":
+    main()
