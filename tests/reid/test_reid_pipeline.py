@@ -223,6 +223,7 @@ def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
         "robustness.corruptions=[impulse_noise]",
         "robustness.severities=[5]",
         "robustness.feature_sigmas=[0.5]",
+        "robustness.feature_bits=[2]",
     )
     for arm in ("baseline", "control", "denoiserep"):
         res = report["robustness"]["0"][arm]
@@ -230,6 +231,8 @@ def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
         assert METRICS <= set(corrupted) and {f"both/{m}" for m in METRICS} <= set(corrupted)
         assert corrupted["mAP"] != res["clean"]["mAP"]  # the queries really changed
         assert set(res["feature_noise"]) == {"0.5"}
+        assert METRICS <= set(res["feature_bits"]["2"])  # queries and gallery through 2 bits
+        assert res["feature_bits"]["2"]["mAP"] != res["clean"]["mAP"]
         assert res["clean"]["mAP"] == pytest.approx(report["per_seed"]["0"][arm]["mAP"])
     assert "mCA" in printed
 
