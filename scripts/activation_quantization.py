@@ -16,7 +16,6 @@ arm against the control, and the label-free arm against the baseline it was fitt
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from seed_study import paired_table, run_seeds
 
 import denoiserep as dr
 from denoiserep.classification.task import evaluate
+from denoiserep.core.convert import select_targets
 from denoiserep.core.feature_noise import feature_quantization
 from denoiserep.core.io import load_state_checked
 from denoiserep.models.factory import create_model
@@ -40,15 +40,12 @@ COMPARISONS = (
 def run_seed(exp: dict, sets: object, seed_dir: Path, bits: list[int]) -> dict[str, list[float]]:
     """Clean acc@1, then acc@1 at each of ``bits``, for every arm of one seed."""
     kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
-    images = sets.train.tensors[0]
     out = {}
     targets = None
     for arm in ARMS:
         model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
-        if targets is None:
-            config = dr.DenoiseConfig(**exp["denoise"])
-            converted = dr.convert(copy.deepcopy(model), config, example_input=images[:2])
-            targets = list(dr.denoise_layers(converted))
+        if targets is None:  # the run's target layers, as the pipelines choose them
+            targets = list(select_targets(model, dr.DenoiseConfig(**exp["denoise"])))
         weights = seed_dir / arm / "model.safetensors"  # baseline and control
         if not weights.exists():
             weights = seed_dir / arm / "fused.safetensors"  # DenoiseRep arms, fused

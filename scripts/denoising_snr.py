@@ -22,6 +22,7 @@ import torch
 from seed_study import run_seeds
 
 import denoiserep as dr
+from denoiserep.core.closed_form import SecondMoment
 from denoiserep.core.diagnostics import layer_inputs
 from denoiserep.core.io import load_state_checked
 from denoiserep.models.factory import create_model
@@ -39,22 +40,15 @@ def snr_gains(exp: dict, sets: object, baseline: Path) -> list[tuple[str, int, f
     config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG})
     converted = dr.convert(copy.deepcopy(model), config, example_input=images[0][:2])
     layers = dr.denoise_layers(converted)
-    moments: dict[str, list] = {name: [0.0, 0] for name in layers}
-
-    def add(name: str, x: torch.Tensor) -> None:
-        tokens = layers[name].input_tokens(x).double()
-        moments[name][0] = moments[name][0] + tokens.T @ tokens
-        moments[name][1] += tokens.shape[0]
-
-    with layer_inputs(converted, add):
-        for batch in images:
-            converted(batch)
-    dr.fit_denoisers(converted, images)
+    moments = {name: SecondMoment(layer) for name, layer in layers.items()}
+    # M from the inputs fit_denoisers itself sees (its pass runs the baseline's weights)
+    with layer_inputs(converted, lambda name, x: moments[name].add(x)):
+        dr.fit_denoisers(converted, images)
     out = []
     for name, layer in sorted(layers.items(), key=lambda kv: -kv[1].t):
         if layer.D.shape[0] != layer.D.shape[1]:
             continue
-        m = moments[name][0] / moments[name][1]
+        m = moments[name].sum[0] / moments[name].tokens
         a = layer.reverse_matrix(torch.float64)
         before = torch.trace(m) / m.shape[0]
         after = torch.trace(a @ m @ a.T) / torch.trace(a @ a.T)

@@ -27,7 +27,7 @@ from .diagnostics import layer_inputs, run_batches
 from .layer import DenoiseLayer
 
 
-class _SecondMoment:
+class SecondMoment:
     """Running float64 sum of x xᵀ per channel group over the tokens of one layer's input."""
 
     def __init__(self, layer: DenoiseLayer) -> None:
@@ -65,7 +65,7 @@ def fit_denoisers(
     if kinds != {"mse"}:
         raise ValueError(f"fit_denoisers: the closed form needs loss 'mse', got {sorted(kinds)}")
     root = unwrap(model)
-    moments = {name: _SecondMoment(layer) for name, layer in layers.items()}
+    moments = {name: SecondMoment(layer) for name, layer in layers.items()}
     phases = {name: layer.phase for name, layer in layers.items()}
     devices = [d for d in {p.device for p in root.parameters()} if d.type == "cuda"]
     try:

@@ -217,30 +217,39 @@ def evaluate_robustness(
         }
         for name in cfg.corruptions
     }
-    result["feature_noise"] = {}
     layers: list[str] = []
     names = None if layer_names is None else list(layer_names)
-    for sigma in cfg.feature_sigmas:
-        with feature_noise(model, sigma, seed=cfg.seed, targets=names) as noise:
-            metrics = run(Condition("feature_noise", sigma=sigma, **common))
-        layers = noise.layers
-        if sigma > 0 and not any(noise.calls.values()):
+
+    def run_perturbed(perturbation: Any, condition: Condition, what: str, check: bool) -> dict:
+        """``run`` with the layers' inputs perturbed; an error if no layer was reached."""
+        nonlocal layers
+        with perturbation as record:
+            metrics = run(condition)
+        layers = record.layers
+        if check and not any(record.calls.values()):
             raise RuntimeError(
-                "feature noise reached none of its layers: does evaluate() run the model "
-                "it is given?"
+                f"{what} reached none of its layers: does evaluate() run the model it is given?"
             )
-        result["feature_noise"][_sigma_key(sigma)] = metrics
-    result["feature_bits"] = {}
-    for bits in cfg.feature_bits:
-        with feature_quantization(model, bits, targets=names) as quantized:
-            metrics = run(Condition("feature_bits", bits=bits, **common))
-        layers = quantized.layers
-        if not any(quantized.calls.values()):
-            raise RuntimeError(
-                "feature quantization reached none of its layers: does evaluate() run the "
-                "model it is given?"
-            )
-        result["feature_bits"][str(bits)] = metrics
+        return metrics
+
+    result["feature_noise"] = {
+        _sigma_key(sigma): run_perturbed(
+            feature_noise(model, sigma, seed=cfg.seed, targets=names),
+            Condition("feature_noise", sigma=sigma, **common),
+            "feature noise",
+            check=sigma > 0,
+        )
+        for sigma in cfg.feature_sigmas
+    }
+    result["feature_bits"] = {
+        str(bits): run_perturbed(
+            feature_quantization(model, bits, targets=names),
+            Condition("feature_bits", bits=bits, **common),
+            "feature quantization",
+            check=True,
+        )
+        for bits in cfg.feature_bits
+    }
     result["config"] = cfg.to_dict()
     result["layers"] = layers
     return result
