@@ -9,8 +9,12 @@ fused for DenoiseRep arms; no training) with every target layer's input rounded 
 input, weights in float32; the pipelines' ``robustness.feature_bits``) on all test images, then
 prints the paired differences over every seed of every run with the paired t-test's p: each
 arm against the control, and the label-free arm against the baseline it was fitted to.
+``--static`` quantizes as post-training INT8 deployment does instead: one range per layer, the
+min and max of its input over the first ``--calibration`` training images, measured for each
+arm on its own activations (``calibrate_ranges``), inputs outside it clipped.
 
     .venv/bin/python scripts/activation_quantization.py RUN_DIR [RUN_DIR ...] [--bits 8 6 4]
+        [--static [--calibration 1000]]
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from pathlib import Path
 
 import torch
 from seed_study import paired_table, run_seeds
+from torch.utils.data import DataLoader, Subset
 
 import denoiserep as dr
 from denoiserep.classification.task import evaluate
 from denoiserep.core.convert import select_targets
-from denoiserep.core.feature_noise import feature_quantization
+from denoiserep.core.feature_noise import calibrate_ranges, feature_quantization
 from denoiserep.core.io import load_state_checked
 from denoiserep.models.factory import create_model
 
@@ -37,8 +42,11 @@ COMPARISONS = (
 )
 
 
-def run_seed(exp: dict, sets: object, seed_dir: Path, bits: list[int]) -> dict[str, list[float]]:
-    """Clean acc@1, then acc@1 at each of ``bits``, for every arm of one seed."""
+def run_seed(
+    exp: dict, sets: object, seed_dir: Path, bits: list[int], calibration: int = 0
+) -> dict[str, list[float]]:
+    """Clean acc@1, then acc@1 at each of ``bits``, for every arm of one seed; ``calibration``
+    > 0: static ranges from that many training images, else each sample's own range."""
     kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
     out = {}
     targets = None
@@ -51,8 +59,12 @@ def run_seed(exp: dict, sets: object, seed_dir: Path, bits: list[int]) -> dict[s
             weights = seed_dir / arm / "fused.safetensors"  # DenoiseRep arms, fused
         load_state_checked(model, weights)
         scores = [evaluate(model, sets.test, 500)["acc1"]]
+        ranges = None
+        if calibration:
+            images = Subset(sets.train, range(min(calibration, len(sets.train))))
+            ranges = calibrate_ranges(model, DataLoader(images, batch_size=250), targets=targets)
         for b in bits:
-            with feature_quantization(model, b, targets=targets):
+            with feature_quantization(model, b, targets=targets, ranges=ranges):
                 scores.append(evaluate(model, sets.test, 500)["acc1"])
         out[arm] = scores
     return out
@@ -62,15 +74,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--bits", nargs="+", type=int, default=[8, 6, 4, 3, 2])
+    parser.add_argument("--static", action="store_true", help="calibrated per-layer ranges")
+    parser.add_argument("--calibration", type=int, default=1000, help="images, with --static")
     args = parser.parse_args()
     if any(b < 2 or b > 16 for b in args.bits):
         parser.error(f"--bits must lie in 2..16, got {args.bits}")
+    if args.calibration < 1:
+        parser.error(f"--calibration must be at least 1 image, got {args.calibration}")
+    calibration = args.calibration if args.static else 0
     torch.manual_seed(0)
     columns = ["clean"] + [f"{b} bits" for b in args.bits]
     results = []
-    print(f"per seed, acc@1 {' / '.join(columns)} of: {', '.join(ARMS)}")
+    kind = f"static, ranges from {calibration} training images" if calibration else "per sample"
+    print(f"quantization: {kind}; per seed, acc@1 {' / '.join(columns)} of: {', '.join(ARMS)}")
     for exp, sets, seed_dir in run_seeds(args.runs):
-        r = run_seed(exp, sets, seed_dir, args.bits)
+        r = run_seed(exp, sets, seed_dir, args.bits, calibration)
         results.append(r)
         row = " | ".join(" / ".join(f"{v:.2f}" for v in r[a]) for a in ARMS)
         print(f"{seed_dir.parent.name}/{seed_dir.name}: {row}", flush=True)

@@ -9,8 +9,10 @@ import torch
 
 import denoiserep as dr
 from denoiserep.core.feature_noise import (
+    calibrate_ranges,
     feature_quantization,
     quantize_per_sample,
+    quantize_static,
     target_layers,
 )
 from tests.conftest import randomize_denoisers
@@ -81,18 +83,100 @@ def test_bad_bits_are_refused(net, bits):
             pass
 
 
-def test_converted_model_quantizes_before_its_reverse_step_as_the_fused_one_does(net):
+@pytest.mark.parametrize("static", [False, True])
+def test_converted_model_quantizes_before_its_reverse_step_as_the_fused_one_does(net, static):
     converted = dr.convert(copy.deepcopy(net), dr.DenoiseConfig(targets="all"), example_input=X)
     randomize_denoisers(converted, strength=0.2)
     converted.eval()
     fused = dr.fuse(converted).eval()
     names = list(dr.denoise_layers(converted))
     assert all(isinstance(m, dr.DenoiseLayer) for m in target_layers(converted, names).values())
+    ranges = None
+    if static:  # both see the same inputs: the hook sits before the reverse step
+        ranges = calibrate_ranges(converted, X, targets=names)
+        fused_ranges = calibrate_ranges(fused, X, targets=names)
+        for name in names:
+            torch.testing.assert_close(torch.tensor(ranges[name]), torch.tensor(fused_ranges[name]))
     with torch.no_grad():
-        with feature_quantization(converted, 4, targets=names):
+        with feature_quantization(converted, 4, targets=names, ranges=ranges):
             q_converted = converted(X)
-        with feature_quantization(fused, 4, targets=names):
+        with feature_quantization(fused, 4, targets=names, ranges=ranges):
             q_fused = fused(X)
         clean = fused(X)
     torch.testing.assert_close(q_converted, q_fused, rtol=1e-5, atol=1e-5)
     assert (q_fused - clean).abs().max() > 100 * (q_converted - q_fused).abs().max()
+
+
+def test_static_quantization_clips_to_its_range_and_rounds_on_a_fixed_grid():
+    x = torch.randn(5, 3, 7, 7, generator=torch.Generator().manual_seed(2)) * 2
+    lo, hi, bits = -1.5, 2.5, 3
+    q = quantize_static(x, lo, hi, bits)
+    step = (hi - lo) / 7
+    assert q.shape == x.shape and q.dtype == x.dtype
+    grid = lo + step * torch.arange(8)
+    distance = (q.unsqueeze(-1) - grid).abs().amin(-1)  # every entry on the fixed grid
+    assert distance.max() < 1e-6
+    inside = (x >= lo) & (x <= hi)
+    assert (q - x)[inside].abs().max() <= step / 2 + 1e-6
+    assert torch.equal(q[x < lo], torch.full_like(q[x < lo], lo))
+    assert torch.allclose(q[x > hi], torch.full_like(q[x > hi], hi))
+    # one grid for the whole tensor: a batch is quantized as each sample alone
+    assert torch.equal(
+        q, torch.cat([quantize_static(x[i : i + 1], lo, hi, bits) for i in range(5)])
+    )
+    assert torch.equal(quantize_static(x, 0.5, 0.5, 4), torch.full_like(x, 0.5))
+    with pytest.raises(ValueError, match="finite lo <= hi"):
+        quantize_static(x, 1.0, -1.0, 4)
+    with pytest.raises(ValueError, match="finite lo <= hi"):
+        quantize_static(x, float("nan"), 1.0, 4)
+
+
+def test_calibrated_ranges_are_each_inputs_min_and_max_over_all_batches(net):
+    batches = [X[:2], X[2:4], X[4:]]
+    net.train()
+    seen = {}
+    handles = [
+        getattr(net, n).register_forward_pre_hook(lambda m, a, n=n: seen.__setitem__(n, a[0]))
+        for n in NAMES
+    ]
+    net.eval()
+    net(X)
+    for h in handles:
+        h.remove()
+    net.train()
+    ranges = calibrate_ranges(net, batches)
+    assert net.training and all(m.training for m in net.modules())  # mode restored
+    assert all_hooks(net) == 0
+    assert list(ranges) == NAMES
+    for name in NAMES:
+        torch.testing.assert_close(
+            torch.tensor(ranges[name]), torch.stack([seen[name].min(), seen[name].max()])
+        )
+    one = calibrate_ranges(net, batches, max_batches=1, targets=["head"])
+    assert list(one) == ["head"] and one["head"][1] <= ranges["head"][1]
+
+
+def test_static_context_uses_the_calibrated_ranges_and_refuses_missing_ones(net):
+    ranges = calibrate_ranges(net, X)
+    clean = net(X)
+    seen = {}
+    with feature_quantization(net, 2, ranges=ranges) as record:
+        handle = net.head.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+        out = net(X)
+        handle.remove()
+    assert record.static and record.calls == {name: 1 for name in NAMES}
+    assert not torch.equal(out, clean) and all_hooks(net) == 0
+    lo, hi = ranges["head"]
+    assert seen["x"].unique().numel() <= 4  # one grid across the whole batch
+    # calibrated on this very batch: its extremes land on the grid's ends
+    torch.testing.assert_close(seen["x"].min(), torch.tensor(lo))
+    torch.testing.assert_close(seen["x"].max(), torch.tensor(hi))
+    # static and dynamic differ: the grid is the layer's, not each sample's
+    with feature_quantization(net, 2) as dynamic:
+        assert not dynamic.static
+        assert not torch.equal(net(X), out)
+    with pytest.raises(KeyError, match="no calibrated range for grouped"):
+        with feature_quantization(net, 4, ranges={"stem": (0.0, 1.0), "head": (0.0, 1.0)}):
+            pass
+    with pytest.raises(ValueError, match="never reached head"):
+        calibrate_ranges(net, [], targets=["head"])

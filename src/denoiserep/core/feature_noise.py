@@ -19,7 +19,9 @@ DenoiseRep denoiser is trained to remove, applied identically to any arm:
 inputs to ``2**bits`` levels instead: uniform, asymmetric, the range of each sample's input (the
 min and max over all of ``x[i]``), as dynamic activation quantization does at deployment. The
 rounding error is feature noise a quantized model really meets; per-sample ranges make the
-result independent of the evaluation batch.
+result independent of the evaluation batch. ``ranges=calibrate_ranges(model, batches)`` makes it
+static instead, as post-training INT8 quantization deploys: one range per layer, the min and max
+of its input over calibration data (a min/max observer), with inputs outside it clipped.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from .convert import denoise_layers, is_converted, unwrap
+from .diagnostics import run_batches
 from .layer import is_supported
 
 
@@ -100,6 +103,7 @@ class FeatureQuantization:
     bits: int
     layers: list[str]
     calls: dict[str, int] = field(default_factory=dict)
+    static: bool = False
 
 
 Perturb = Callable[[str, int, torch.Tensor], "torch.Tensor | None"]
@@ -185,18 +189,81 @@ def quantize_per_sample(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(step > 0, q, v).to(x.dtype)
 
 
+def quantize_static(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
+    """``x`` clipped to [lo, hi] and rounded to ``2**bits`` evenly spaced levels on it (per
+    tensor, affine: one fixed range for every sample); ``lo == hi`` returns ``lo`` everywhere."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        raise ValueError(f"a static range needs finite lo <= hi, got ({lo}, {hi})")
+    compute = torch.promote_types(x.dtype, torch.float32)
+    v = x.detach().to(compute).clamp(lo, hi)
+    levels = 2**bits - 1
+    step = (hi - lo) / levels
+    if step == 0:
+        return v.to(x.dtype)
+    return (torch.round((v - lo) / step) * step + lo).to(x.dtype)
+
+
+@torch.no_grad()
+def calibrate_ranges(
+    model: nn.Module,
+    data: torch.Tensor | Iterable[Any],
+    *,
+    targets: Iterable[str] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> dict[str, tuple[float, float]]:
+    """The (min, max) of each target layer's input over ``data`` with the model in eval mode
+    (restored after): the static ranges of :func:`feature_quantization`. ``data``, ``forward``
+    and ``max_batches`` as :func:`denoiserep.core.diagnostics.run_batches` reads them; calibrate
+    every arm on its own activations, as post-training quantization does."""
+    layers = target_layers(model, targets)
+    seen: dict[str, tuple[float, float]] = {}
+
+    def observe(name: str, call: int, x: torch.Tensor) -> None:
+        lo, hi = x.min().item(), x.max().item()
+        old = seen.get(name, (lo, hi))
+        seen[name] = (min(lo, old[0]), max(hi, old[1]))
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with _perturbed_inputs(layers, dict.fromkeys(layers, 0), observe):
+            run_batches(model, data, forward, max_batches)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    missing = [name for name in layers if name not in seen]
+    if missing:
+        raise ValueError(f"calibrate_ranges: the data never reached {', '.join(missing[:6])}")
+    return seen
+
+
 @contextmanager
 def feature_quantization(
-    model: nn.Module, bits: int, targets: Iterable[str] | None = None
+    model: nn.Module,
+    bits: int,
+    targets: Iterable[str] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> Iterator[FeatureQuantization]:
-    """Within the context each target's input is rounded to ``bits`` bits per entry
-    (:func:`quantize_per_sample`), as a model with dynamically quantized activations computes;
-    ``targets`` as for :func:`feature_noise`. Weights are left in floating point."""
+    """Within the context each target's input is rounded to ``bits`` bits per entry, as a
+    model with quantized activations computes; weights are left in floating point. ``ranges``
+    None: dynamic, each sample on its own range (:func:`quantize_per_sample`); from
+    :func:`calibrate_ranges`: static, each layer on its calibrated range, clipped outside it
+    (:func:`quantize_static`). ``targets`` as for :func:`feature_noise`."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an integer in 2..16, got {bits!r}")
     layers = target_layers(model, targets)
-    record = FeatureQuantization(bits, list(layers), dict.fromkeys(layers, 0))
-    with _perturbed_inputs(
-        layers, record.calls, lambda name, call, x: quantize_per_sample(x, bits)
-    ):
+    if ranges is not None:
+        missing = [name for name in layers if name not in ranges]
+        if missing:
+            names = ", ".join(missing[:6])
+            raise KeyError(f"feature_quantization: no calibrated range for {names}")
+
+    def perturb(name: str, call: int, x: torch.Tensor) -> torch.Tensor:
+        if ranges is None:
+            return quantize_per_sample(x, bits)
+        return quantize_static(x, *ranges[name], bits)
+
+    record = FeatureQuantization(bits, list(layers), dict.fromkeys(layers, 0), ranges is not None)
+    with _perturbed_inputs(layers, record.calls, perturb):
         yield record
