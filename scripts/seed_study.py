@@ -1,8 +1,8 @@
 """What the seed-study scripts share: the seeds of ``denoiserep ablate`` runs with their data
 loaded once per run, and the paired comparison over seeds as a Markdown table.
 
-Imported by ``bn_recalibration.py``, ``activation_quantization.py`` and ``pool_seeds.py`` (the
-scripts folder is on ``sys.path`` when one of them runs).
+Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``layer_noise.py`` and
+``pool_seeds.py`` (the scripts folder is on ``sys.path`` when one of them runs).
 """
 
 from __future__ import annotations
