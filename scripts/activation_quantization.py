@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from seed_study import paired_table, run_seeds
+from seed_study import mean_table, paired_table, run_seeds
 from torch.utils.data import DataLoader, Subset
 
 import denoiserep as dr
@@ -93,11 +93,7 @@ def main() -> None:
         row = " | ".join(" / ".join(f"{v:.2f}" for v in r[a]) for a in ARMS)
         print(f"{seed_dir.parent.name}/{seed_dir.name}: {row}", flush=True)
     print(f"\n{len(results)} seeds; mean acc@1 per arm\n")
-    print("| arm | " + " | ".join(columns) + " |")
-    print("| --- " * (len(columns) + 1) + "|")
-    for arm in ARMS:
-        means = [sum(r[arm][i] for r in results) / len(results) for i in range(len(columns))]
-        print(f"| {arm} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    print(mean_table(results, ARMS, columns))
     print(f"\n{len(results)} seeds; paired difference (p)\n")
     print(paired_table(results, COMPARISONS, columns))
 

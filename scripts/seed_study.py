@@ -1,8 +1,9 @@
 """What the seed-study scripts share: the seeds of ``denoiserep ablate`` runs with their data
 loaded once per run, and the paired comparison over seeds as a Markdown table.
 
-Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``layer_noise.py`` and
-``pool_seeds.py`` (the scripts folder is on ``sys.path`` when one of them runs).
+Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``layer_noise.py``,
+``patch_denoiser.py`` and ``pool_seeds.py`` (the scripts folder is on ``sys.path`` when one of them
+runs).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def paired_cell(a: Sequence[float], b: Sequence[float]) -> str:
     p = row["p_value"]
     p_text = "" if p is None else f" (p {p:.3f})" if p >= 0.001 else " (p < 0.001)"
     return f"{row['diff_mean']:+.2f}{p_text}"
+
+
+def mean_table(
+    results: Sequence[dict[str, Sequence[float]]], names: Sequence[str], columns: Sequence[str]
+) -> str:
+    """One row per name: its mean score in every column over the seeds in ``results``."""
+    lines = ["| model | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 1) + "|"]
+    for name in names:
+        means = [sum(r[name][i] for r in results) / len(results) for i in range(len(columns))]
+        lines.append(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return "\n".join(lines)
 
 
 def paired_table(
