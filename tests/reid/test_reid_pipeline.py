@@ -224,6 +224,8 @@ def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
         "robustness.severities=[5]",
         "robustness.feature_sigmas=[0.5]",
         "robustness.feature_bits=[2]",
+        "robustness.feature_ranges=static",  # the classification test runs per-sample ranges
+        "robustness.calibration_images=8",
     )
     for arm in ("baseline", "control", "denoiserep"):
         res = report["robustness"]["0"][arm]
@@ -233,8 +235,11 @@ def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
         assert set(res["feature_noise"]) == {"0.5"}
         assert METRICS <= set(res["feature_bits"]["2"])  # queries and gallery through 2 bits
         assert res["feature_bits"]["2"]["mAP"] != res["clean"]["mAP"]
+        assert list(res["feature_ranges"]) == res["layers"]  # calibrated on training images
+        assert all(lo < hi for lo, hi in res["feature_ranges"].values())
         assert res["clean"]["mAP"] == pytest.approx(report["per_seed"]["0"][arm]["mAP"])
     assert "mCA" in printed
+    assert "static, from 8 training images" in (tmp_path / "run" / "results.md").read_text()
 
 
 def test_recalibrate_bn_renews_the_bnneck_statistics_on_each_arms_training_set(tmp_path, capsys):

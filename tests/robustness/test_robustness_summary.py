@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from denoiserep.core.feature_noise import calibrate_ranges
 from denoiserep.engine.robustness import (
     Condition,
     RobustnessConfig,
@@ -104,11 +105,29 @@ def test_table_and_plot(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_titles_are_the_panels_and_only_the_title_asked_for(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    titles, headings = [], []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, **kw: titles.append(t))
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, **kw: headings.append(t))
+    plot_robustness(PER_ARM, str(tmp_path / "a.png"), metric="acc1")
+    assert titles == []  # no figure title unless one is given (a panel's once leaked here)
+    assert headings[-2:] == ["feature noise", "quantized features"]
+    static = copy.deepcopy(PER_ARM)
+    for res in static.values():
+        res["config"] = {"feature_ranges": "static"}
+    plot_robustness(static, str(tmp_path / "b.png"), metric="acc1", title="run 7")
+    assert titles == ["run 7"] and headings[-1] == "quantized features (static ranges)"
+
+
 def test_config_validation_and_round_trip():
     cfg = RobustnessConfig()
     assert cfg.enabled is False and cfg.severities == [1, 2, 3, 4, 5]
     assert cfg.feature_sigmas == [0.05, 0.1, 0.2, 0.5] and len(cfg.corruptions) == 7
     assert cfg.feature_bits == []  # off unless asked for
+    assert cfg.feature_ranges == "per_sample" and cfg.calibration_images == 1000
     assert RobustnessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="valid: enabled"):
         RobustnessConfig.from_dict({"severity": [1]})
@@ -124,6 +143,10 @@ def test_config_validation_and_round_trip():
         {"feature_bits": [4.5]},
         {"feature_bits": [True]},
         {"feature_bits": [8, 8]},
+        {"feature_ranges": "dynamic"},
+        {"calibration_images": 0},
+        {"calibration_images": True},
+        {"calibration_images": 2.5},
     ):
         with pytest.raises(ValueError):
             RobustnessConfig(**bad)
@@ -201,6 +224,34 @@ def test_evaluate_robustness_runs_every_condition_with_the_same_noise_for_each_a
     assert again == res  # another arm with the same weights sees the same noise and images
     json.dumps(res)
     assert summarize_robustness({"baseline": res}, "score")["arms"]["baseline"]["mCE"] == 100
+
+
+def test_static_ranges_are_calibrated_on_the_data_given_for_each_model():
+    data = Images()
+
+    def evaluate(model, condition):
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        with torch.no_grad():
+            return {"score": model(x).sum().item()}
+
+    common = {"corruptions": [], "severities": [1], "feature_sigmas": [], "feature_bits": [3]}
+    static = RobustnessConfig(**common, feature_ranges="static")
+    calibration = DataLoader(torch.utils.data.Subset(data, range(4)), batch_size=2)
+    model = make_model()
+    res = evaluate_robustness(evaluate, model, static, ["0", "3"], calibration=calibration)
+    expected = calibrate_ranges(model, calibration, targets=["0", "3"])
+    assert res["feature_ranges"] == {name: list(r) for name, r in expected.items()}
+    assert res["config"]["feature_ranges"] == "static"
+    dynamic = evaluate_robustness(evaluate, model, RobustnessConfig(**common), ["0", "3"])
+    assert "feature_ranges" not in dynamic
+    assert res["feature_bits"]["3"] != dynamic["feature_bits"]["3"]
+    # ranges from other data are other ranges: each model and data set calibrates its own
+    other = DataLoader(torch.utils.data.Subset(data, range(8, 12)), batch_size=2)
+    moved = evaluate_robustness(evaluate, model, static, ["0", "3"], calibration=other)
+    assert moved["feature_ranges"] != res["feature_ranges"]
+    with pytest.raises(ValueError, match="static needs calibration data"):
+        evaluate_robustness(evaluate, model, static, ["0", "3"])
+    json.dumps(res)
 
 
 def test_evaluate_that_ignores_the_model_is_an_error():

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_model
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import denoiserep as dr
 from denoiserep.bench.latency import measure_latency
@@ -124,6 +124,7 @@ class ArmsTask:
     device: torch.device
     image_stats: tuple[Any, Any] | None = None  # (mean, std) the images are normalised with
     robustness_metric: str = ""  # the metric robustness summaries compare (e.g. "acc1")
+    collate_fn: Callable[[list], Any] | None = None  # how train_set items batch (None: default)
 
     @property
     def convert_input(self) -> Any:
@@ -327,7 +328,22 @@ class ArmRunner:
         if self.noise_layers is None:  # the run's target layers, the same for every arm
             self.noise_layers = list(select_targets(dr.unwrap(model), self.cfg.denoise))
         per_arm = self.robustness.setdefault(str(seed), {})
-        per_arm[arm] = evaluate_robustness(self.task.evaluate_under, model, cfg, self.noise_layers)
+        task, step = self.task, self.task.trainer_task
+        # static quantization ranges come from the first training images, unaugmented
+        first = Subset(task.train_set, range(min(cfg.calibration_images, len(task.train_set))))
+        calibration = DataLoader(first, self.cfg.finetune.batch_size, collate_fn=task.collate_fn)
+
+        def forward(m: nn.Module, batch: Any) -> Any:
+            return step.forward(m, step.to_device(batch, task.device))
+
+        per_arm[arm] = evaluate_robustness(
+            task.evaluate_under,
+            model,
+            cfg,
+            self.noise_layers,
+            calibration=calibration,
+            forward=forward,
+        )
         row = summarize_robustness(per_arm, self.task.robustness_metric)["arms"][arm]
         scalars = {"mCA": row["mCA"], "mFA": row["mFA"]}
         if row["mCE"] is not None:

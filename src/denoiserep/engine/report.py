@@ -142,11 +142,11 @@ def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
     severities = ", ".join(str(s) for s in first["severities"])
     images = first.get("max_images") or "all"
     bits = first.get("feature_bits") or []
-    quantized = (
-        "; n-bit features: each target layer's input rounded to n bits over each sample's range"
-        if bits
-        else ""
-    )
+    over = "each sample's range"
+    if first.get("feature_ranges") == "static":
+        over = f"one range per layer (static, from {first['calibration_images']} training images)"
+    quantized = f"; n-bit features: each target layer's input rounded to n bits over {over}"
+    quantized = quantized if bits else ""
     return [
         "",
         f"Robustness ({metric}, mean over {seeds} seed(s), {images} test images; ImageNet-C "

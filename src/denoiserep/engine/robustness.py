@@ -15,7 +15,10 @@ data, feature noise and quantized features, cut to ``max_images`` when set). So
 Feature noise is applied by :func:`evaluate_robustness` around the call, through
 :func:`denoiserep.core.feature_noise.feature_noise` on ``layer_names`` (pass the same names to
 every arm), and so are quantized features (``feature_bits``: each of those layers' inputs
-rounded to that many bits, :func:`~denoiserep.core.feature_noise.feature_quantization`).
+rounded to that many bits, :func:`~denoiserep.core.feature_noise.feature_quantization`; over
+each sample's range, or with ``feature_ranges: static`` over one range per layer that
+:func:`~denoiserep.core.feature_noise.calibrate_ranges` measures on the ``calibration`` data the
+task passes, each arm on its own activations).
 Results are plain JSON (severity, sigma and bits keys are strings); the comparison of arms
 (mCA, mCE, tables and plots) is in :mod:`denoiserep.engine.robustness_summary`.
 """
@@ -30,13 +33,14 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from denoiserep.core.feature_noise import feature_noise, feature_quantization
+from denoiserep.core.feature_noise import calibrate_ranges, feature_noise, feature_quantization
 from denoiserep.data.corruptions import CORRUPTIONS, SEVERITIES, TABLES, CorruptedDataset
 
 # the comparison of arms lived here before it had its own module; still importable from here
 from .robustness_summary import plot_robustness, robustness_table, summarize_robustness
 
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2, 0.5)
+FEATURE_RANGES = ("per_sample", "static")
 
 
 @dataclass
@@ -47,7 +51,10 @@ class RobustnessConfig:
     (``"imagenet"``: ImageNet-C's, ``"cifar"``: CIFAR-10-C's, milder, made for 32 px images);
     ``max_images`` evaluates corruptions, feature noise and the clean reference on the first
     ``max_images`` test images only (None: all). ``feature_bits`` (off by default): the bit
-    widths each target layer's input is rounded to, one evaluation per width.
+    widths each target layer's input is rounded to, one evaluation per width; over each
+    sample's own range (``feature_ranges: per_sample``, as dynamic quantization does) or over
+    one calibrated range per layer, clipped (``static``, as post-training INT8 quantization
+    does; the min and max over the first ``calibration_images`` training images).
     """
 
     enabled: bool = False
@@ -55,6 +62,8 @@ class RobustnessConfig:
     severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
     feature_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_SIGMAS))
     feature_bits: list[int] = field(default_factory=list)
+    feature_ranges: str = "per_sample"
+    calibration_images: int = 1000
     seed: int = 0
     max_images: int | None = None
     table: str = "imagenet"
@@ -69,6 +78,14 @@ class RobustnessConfig:
             for b in self.feature_bits
         ):
             raise ValueError(f"feature_bits must be integers in 2..16, got {self.feature_bits}")
+        if self.feature_ranges not in FEATURE_RANGES:
+            raise ValueError(
+                f"feature_ranges must be one of {', '.join(FEATURE_RANGES)}, "
+                f"got {self.feature_ranges!r}"
+            )
+        n = self.calibration_images
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"calibration_images must be a positive integer, got {n!r}")
         unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
         if unknown:
             raise ValueError(f"unknown corruptions {unknown}; valid: {', '.join(CORRUPTIONS)}")
@@ -188,6 +205,8 @@ def evaluate_robustness(
     layer_names: Iterable[str] | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    calibration: Any = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one arm under every condition of ``cfg``; returns a JSON-ready dict::
 
@@ -195,12 +214,16 @@ def evaluate_robustness(
          "corruptions": {name: {"1": {metric: v}, ..., "5": {...}}},
          "feature_noise": {"0.05": {metric: v}, ...},
          "feature_bits": {"8": {metric: v}, ...},
+         "feature_ranges": {layer: [min, max]},  # feature_ranges: static only
          "config": cfg.to_dict(), "layers": [names the feature noise went to]}
 
     ``layer_names``: the layers feature noise is added to and whose inputs are quantized (see
     ``feature_noise``); pass the same list for every arm (e.g.
     ``list(dr.denoise_layers(converted))``). ``progress`` is called with each condition's key
-    before it runs.
+    before it runs. ``calibration`` (batches, with ``forward`` for models that take other
+    inputs, as :func:`~denoiserep.core.feature_noise.calibrate_ranges` reads them) is needed
+    with ``feature_ranges: static``; the calibrated ranges are returned under
+    ``"feature_ranges"``.
     """
 
     def run(condition: Condition) -> dict[str, float]:
@@ -241,9 +264,15 @@ def evaluate_robustness(
         )
         for sigma in cfg.feature_sigmas
     }
+    ranges = None
+    if cfg.feature_bits and cfg.feature_ranges == "static":
+        if calibration is None:
+            raise ValueError("feature_ranges: static needs calibration data to measure ranges on")
+        ranges = calibrate_ranges(model, calibration, targets=names, forward=forward)
+        result["feature_ranges"] = {name: list(r) for name, r in ranges.items()}
     result["feature_bits"] = {
         str(bits): run_perturbed(
-            feature_quantization(model, bits, targets=names),
+            feature_quantization(model, bits, targets=names, ranges=ranges),
             Condition("feature_bits", bits=bits, **common),
             "feature quantization",
             check=True,

@@ -222,8 +222,11 @@ def plot_robustness(
         else:
             ax.set_xlabel("severity (0 = clean)")
             ax.set_xticks(range(0, 6))
-        title = "quantized features" if panel == "feature_bits" else panel.replace("_", " ")
-        ax.set_title(title, fontsize=10)
+        heading = panel.replace("_", " ")
+        if panel == "feature_bits":
+            static = (first.get("config") or {}).get("feature_ranges") == "static"
+            heading = "quantized features" + (" (static ranges)" if static else "")
+        ax.set_title(heading, fontsize=10)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
