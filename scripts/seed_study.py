@@ -2,8 +2,8 @@
 loaded once per run, and the paired comparison over seeds as a Markdown table.
 
 Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``layer_noise.py``,
-``patch_denoiser.py`` and ``pool_seeds.py`` (the scripts folder is on ``sys.path`` when one of them
-runs).
+``patch_denoiser.py``, ``target_subsets.py`` and ``pool_seeds.py`` (the scripts folder is on
+``sys.path`` when one of them runs).
 """
 
 from __future__ import annotations
