@@ -4,12 +4,15 @@
 # thread each, about 15 min on 2 cores per study).
 #   bash scripts/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor
 #   bash scripts/robustness_denoisers.sh closed_form [OUT [OVERRIDE ...]]  # D at its optimum
+#   MODELS="resnet10t resnet18" bash scripts/robustness_denoisers.sh main_path [OUT [OVERRIDE ...]]
+#     # D at its optimum on all layers, or on a ResNet's main path only (stem, shortcuts, fc;
+#     # t stride 2 so its steps span the timesteps all layers have), then joint epochs
 # OVERRIDEs go to both runs, e.g. "experiment.seeds=[3,4,5]" for more seeds.
 # MODELS="resnet18 mobilenetv3_large_100" runs robust_fashion_resnet.yaml's study with each of these timm
 # models instead of the two backbones (side by side, one thread each; outputs OUT/<model>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-study=${1:?usage: robustness_denoisers.sh adafactor|closed_form [OUT]}
+study=${1:?usage: robustness_denoisers.sh adafactor|closed_form|main_path [OUT]}
 out=${2:-runs/robust_$study}
 shift $(($# < 2 ? $# : 2))
 strong="denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2}"
@@ -22,7 +25,14 @@ closed_form) variants="variants={
   label_free_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form}},
   label_free_strong_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form}, $strong},
   joint_strong_closed_form: {finetune: {phases: joint, denoiser_init: closed_form}, $strong}}" ;;
-*) echo "unknown study $study: adafactor or closed_form" >&2; exit 2 ;;
+main_path) main="timestep_stride: 2, targets: [\"conv1*\", \"*downsample*\", fc]"
+  variants="variants={
+  joint_strong_closed_form: {finetune: {phases: joint, denoiser_init: closed_form}, $strong},
+  label_free_main_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form},
+    denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2, $main}},
+  joint_main_closed_form: {finetune: {phases: joint, denoiser_init: closed_form},
+    denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2, $main}}}" ;;
+*) echo "unknown study $study: adafactor, closed_form or main_path" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 run() { # NAME CONFIG [OVERRIDE ...]
