@@ -72,7 +72,7 @@ def main() -> None:
     base, arm = ARMS
     print(f"\n{len(seeds)} seeds; σ = {args.sigma} at one target layer's input at a time\n")
     print(
-        "| layer (registration order) | SNR gain of its step | baseline: clean − noisy | "
+        "| layer (execution order) | SNR gain of its step | baseline: clean − noisy | "
         "label-free − baseline under that noise, less their clean difference |"
     )
     print("| --- | --- | --- | --- |")
