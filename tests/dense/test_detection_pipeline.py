@@ -22,7 +22,7 @@ from denoiserep.dense.detection import (
 )
 from denoiserep.dense.models import build_detector
 from denoiserep.dense.protocol import CanvasConfig, ensure_canvas
-from tests.dense.fakes import write_fake_fmnist
+from tests.dense.fakes import ROBUSTNESS, check_robustness, write_fake_fmnist
 
 
 @pytest.mark.filterwarnings("ignore:coco_evaluate. no")  # barely trained: maybe no detections
@@ -38,11 +38,13 @@ def test_detect_cli_end_to_end(tmp_path, capsys):
         "--no-progress",
         f"data.canvas.root={tmp_path / 'canvas'}",
         f"data.canvas.fmnist_dir={fmnist}",
+        *ROBUSTNESS,
     ]
     assert main(argv) == 0
     assert (tmp_path / "canvas" / "canvas.yaml").is_file()  # built on demand
     report = json.loads((out / "results.json").read_text())
     assert set(report["per_seed"]["0"]) == {"baseline", "control", "denoiserep"}
+    check_robustness(report, out, "bbox_AP")
     for arm, metrics in report["per_seed"]["0"].items():
         for iou in ("bbox", "segm"):
             for stat in ("AP", "AP50", "AP75", "APs", "APm", "APl"):

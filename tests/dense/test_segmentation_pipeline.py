@@ -23,7 +23,7 @@ from denoiserep.dense.segmentation import (
     SegmentationTask,
     evaluate_segmentation,
 )
-from tests.dense.fakes import write_fake_fmnist
+from tests.dense.fakes import ROBUSTNESS, check_robustness, write_fake_fmnist
 
 
 def test_segment_cli_end_to_end(tmp_path, capsys):
@@ -38,10 +38,12 @@ def test_segment_cli_end_to_end(tmp_path, capsys):
         "--no-progress",
         f"data.canvas.root={tmp_path / 'canvas'}",
         f"data.canvas.fmnist_dir={fmnist}",
+        *ROBUSTNESS,
     ]
     assert main(argv) == 0
     report = json.loads((out / "results.json").read_text())
     assert set(report["per_seed"]["0"]) == {"baseline", "control", "denoiserep"}
+    check_robustness(report, out, "mIoU")
     for arm, metrics in report["per_seed"]["0"].items():
         for key in ("mIoU", "aAcc", "mAcc", "B-IoU"):
             assert 0.0 <= metrics[key] <= 100.0, (arm, key)
@@ -132,3 +134,23 @@ def test_bn_momentum_override():
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(m.momentum == 0.1 for m in norms)
     assert build_segmenter("lraspp_mobilenet_v3_large", 3).backbone["0"][1].momentum == 0.01
+
+
+def test_unaugmented_batches_run_image_by_image_at_their_own_sizes():
+    """The closed-form fit and the static-range calibration read batches as the loader serves
+    them (lists of images of any size); augmented batches are one tensor."""
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return {"out": self.conv(x)}
+
+    task, model = SegmentationTask(8), Head()
+    images = [torch.rand(3, 5, 7), torch.rand(3, 9, 4)]
+    outs = task.forward(model, (images, [torch.zeros(5, 7), torch.zeros(9, 4)]))
+    assert [o["out"].shape for o in outs] == [(1, 2, 5, 7), (1, 2, 9, 4)]
+    batch = task.forward(model, (torch.rand(2, 3, 8, 8), torch.zeros(2, 8, 8)))
+    assert batch["out"].shape == (2, 2, 8, 8)

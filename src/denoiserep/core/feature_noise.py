@@ -235,7 +235,7 @@ def calibrate_ranges(
     missing = [name for name in layers if name not in seen]
     if missing:
         raise ValueError(f"calibrate_ranges: the data never reached {', '.join(missing[:6])}")
-    return seen
+    return {name: seen[name] for name in layers}  # in the targets' order, not the calls'
 
 
 @contextmanager

@@ -195,12 +195,14 @@ def predict(
 
 
 def evaluate_detection(
-    model: nn.Module, dataset: CocoDetection, batch_size: int = 8
+    model: nn.Module, dataset: CocoDetection, batch_size: int = 8, max_images: int | None = None
 ) -> dict[str, float]:
     """COCO AP, AP50, AP75, APs, APm, APl (percent; -1 where pycocotools has no ground truth)
-    for boxes, and for masks when the model predicts them; keys like ``bbox_AP``."""
+    for boxes, and for masks when the model predicts them; keys like ``bbox_AP``. Only the
+    first ``max_images`` images are predicted and scored (None: all)."""
     iou_types = ("bbox", "segm") if model.roi_heads.has_mask() else ("bbox",)
-    predictions = predict(model, dataset, list(range(len(dataset))), batch_size)
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    predictions = predict(model, dataset, list(range(n)), batch_size)
     metrics = coco_evaluate(dataset.coco, predictions, iou_types, dataset.category_map)
     return {
         f"{iou}_{name}": 100.0 * v if v >= 0 else v
@@ -259,7 +261,11 @@ def run_detection(
         build_model=build,
         train_set=train_set,
         trainer_task=DetectionTask(cfg.data.flip),
-        evaluate=lambda model: evaluate_detection(model, val_set, cfg.data.eval_batch_size),
+        test_set=val_set,
+        evaluate_on=lambda model, dataset, n: evaluate_detection(
+            model, dataset, cfg.data.eval_batch_size, max_images=n
+        ),
+        robustness_metric="bbox_AP",
         probe=probe_batch(val_set).to(device),
         features=detection_features,
         device=device,

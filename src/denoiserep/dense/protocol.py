@@ -25,6 +25,7 @@ from denoiserep.engine.config import to_dict
 from denoiserep.engine.report import (
     fusion_rows,
     metric_table,
+    robustness_section,
     status_line,
     write_figures,
     write_json,
@@ -91,22 +92,27 @@ def ensure_canvas(cfg: CanvasConfig) -> FashionCanvas:
 
 
 class DenseArms(ArmsTask):
-    """A dense task for the arms engine: ``features(model, probe)`` are the outputs compared
-    by the fusion check; the first seed's evaluated models are kept for the figure."""
+    """A dense task for the arms engine: ``evaluate_on(model, dataset, max_images)`` scores a
+    model on (the first ``max_images`` items of) a version of ``test_set``, clean or corrupted
+    (images in [0, 1]; the models normalise them); ``features(model, probe)`` are the outputs
+    compared by the fusion check; the first seed's evaluated models are kept for the figure."""
 
     def __init__(
         self,
         build_model: Callable[[], nn.Module],
         train_set: Dataset,
         trainer_task: Any,
-        evaluate: Callable[[nn.Module], dict[str, float]],
+        test_set: Dataset,
+        evaluate_on: Callable[[nn.Module, Dataset, int | None], dict[str, float]],
         probe: torch.Tensor,
         features: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]],
         device: torch.device,
         collate_fn: Callable[[list], Any] | None = None,
+        robustness_metric: str = "",
     ) -> None:
-        self._build, self._evaluate, self._features = build_model, evaluate, features
+        self._build, self._evaluate_on, self._features = build_model, evaluate_on, features
         self.train_set, self.trainer_task, self.probe = train_set, trainer_task, probe
+        self.test_set, self.robustness_metric = test_set, robustness_metric
         self.device, self.collate_fn = device, collate_fn
         self.first_models: dict[str, nn.Module] = {}
         self._first_seed: int | None = None
@@ -115,7 +121,13 @@ class DenseArms(ArmsTask):
         return self._build()
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return self._evaluate(model)
+        return self._evaluate_on(model, self.test_set, None)
+
+    def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
+        """The task's metrics on the test images as ``condition`` sees them (corrupted in
+        [0, 1], or clean while feature noise acts on the layers), first ``max_images`` only."""
+        dataset = condition(self.test_set, None, limit=False)
+        return self._evaluate_on(model, dataset, condition.max_images)
 
     def features(self, model: nn.Module, probe: Any) -> list[torch.Tensor]:
         return self._features(model, probe)
@@ -155,6 +167,7 @@ def markdown_table(report: dict[str, Any], columns: dict[str, str]) -> str:
     """Per arm, the metrics named by ``columns`` (key -> header), then the fusion checks."""
     lines = metric_table(report, columns)
     lines += ["", status_line(report), *fusion_rows(report, "feature")]
+    lines += robustness_section(report, next(iter(columns)))  # if measured
     return "\n".join(lines) + "\n"
 
 

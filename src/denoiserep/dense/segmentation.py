@@ -140,8 +140,13 @@ class SegmentationTask:
                 pairs.append(self.transform(image, mask))
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
-    def forward(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        return model(normalize(batch[0]))
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        """The model's outputs on an augmented batch (one tensor); on an unaugmented one (a
+        list of images of any size: the closed-form fit, calibration), one output per image."""
+        images = batch[0]
+        if isinstance(images, (list, tuple)):
+            return [model(normalize(image.unsqueeze(0))) for image in images]
+        return model(normalize(images))
 
     def loss(self, output: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         target = batch[1]
@@ -175,11 +180,14 @@ def evaluate_segmentation(
     dataset: ADE20KSegmentation,
     batch_size: int = 16,
     boundary_dilation_ratio: float = 0.02,
+    max_images: int | None = None,
 ) -> dict[str, float]:
-    """mIoU, aAcc, mAcc and B-IoU in percent over ``dataset`` at its native resolution."""
+    """mIoU, aAcc, mAcc and B-IoU in percent over ``dataset`` at its native resolution (its
+    first ``max_images`` images; None: all)."""
     metric = SegmentationMetric(dataset.num_classes, IGNORE_INDEX, boundary_dilation_ratio)
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         for label_map, (_, target) in zip(
             predict(model, [im for im, _ in items]), items, strict=True
         ):
@@ -220,9 +228,11 @@ def run_segmentation(
         ),
         train_set=train_set,
         trainer_task=SegmentationTask(crop, cfg.data.scale_range, cfg.data.flip, m.aux_weight),
-        evaluate=lambda model: evaluate_segmentation(
-            model, val_set, cfg.data.eval_batch_size, cfg.data.boundary_dilation_ratio
+        test_set=val_set,
+        evaluate_on=lambda model, dataset, n: evaluate_segmentation(
+            model, dataset, cfg.data.eval_batch_size, cfg.data.boundary_dilation_ratio, n
         ),
+        robustness_metric="mIoU",
         probe=normalize(probe_batch(val_set).to(device)),
         features=lambda model, x: [model(x)["out"]],
         device=device,
