@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diagnostics import run_batches
+from .diagnostics import modes_restored, run_batches
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -57,26 +57,24 @@ def recalibrate_batchnorm(
     norms = batchnorm_layers(model)
     if not norms:
         return 0
-    modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in norms]
     saved = [[s.clone() for s in _stats(bn)] for bn in norms]
     reached = 0
     try:
-        model.eval()
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average over the batches
-            bn.train()
-        run_batches(model, data, forward, max_batches)
-        reached = sum(int(bn.num_batches_tracked) > 0 for bn in norms)
+        with modes_restored(model):
+            model.eval()
+            for bn in norms:
+                bn.reset_running_stats()
+                bn.momentum = None  # a cumulative average over the batches
+                bn.train()
+            run_batches(model, data, forward, max_batches)
+            reached = sum(int(bn.num_batches_tracked) > 0 for bn in norms)
     finally:
         for bn, momentum, old in zip(norms, momenta, saved, strict=True):
             bn.momentum = momentum
             if not reached or int(bn.num_batches_tracked) == 0:  # failed, or off the path
                 for stat, value in zip(_stats(bn), old, strict=True):
                     stat.copy_(value)
-        for m, training in modes.items():
-            m.training = training
     if not reached:
         raise ValueError("recalibrate_batchnorm: no batch reached the BatchNorm layers")
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -36,23 +36,33 @@ def explicit_denoising(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
+def modes_restored(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model may switch any module between train and eval; on exit
+    every module's training mode is what it was before."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextlib.contextmanager
 def layer_inputs(model: nn.Module, add: Callable[[str, torch.Tensor], None]) -> Iterator[nn.Module]:
     """Within the block, every forward passes each DenoiseRep layer's input to
     ``add(name, x)``; on exit the hooks are removed and every module's training mode (which
     the block may change) is restored."""
     root = unwrap(model)
-    modes = {m: m.training for m in root.modules()}
     hooks = [
         layer.register_forward_pre_hook(lambda _, args, name=name: add(name, args[0]))
         for name, layer in denoise_layers(root).items()
     ]
     try:
-        yield root
+        with modes_restored(root):
+            yield root
     finally:
         for hook in hooks:
             hook.remove()
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _default_forward(model: nn.Module, batch: Any) -> None:

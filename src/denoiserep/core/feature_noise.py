@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .convert import denoise_layers, is_converted, unwrap
-from .diagnostics import run_batches
+from .diagnostics import modes_restored, run_batches
 from .layer import is_supported
 
 
@@ -224,14 +224,9 @@ def calibrate_ranges(
         old = seen.get(name, (lo, hi))
         seen[name] = (min(lo, old[0]), max(hi, old[1]))
 
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with _perturbed_inputs(layers, dict.fromkeys(layers, 0), observe):
-            run_batches(model, data, forward, max_batches)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with modes_restored(model), _perturbed_inputs(layers, dict.fromkeys(layers, 0), observe):
+        model.eval()
+        run_batches(model, data, forward, max_batches)
     missing = [name for name in layers if name not in seen]
     if missing:
         raise ValueError(f"calibrate_ranges: the data never reached {', '.join(missing[:6])}")
