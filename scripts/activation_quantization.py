@@ -23,15 +23,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from seed_study import mean_table, paired_table, run_seeds
+from seed_study import mean_table, paired_table, run_seeds, run_targets, saved_model
 from torch.utils.data import DataLoader, Subset
 
-import denoiserep as dr
 from denoiserep.classification.task import evaluate
-from denoiserep.core.convert import select_targets
 from denoiserep.core.feature_noise import calibrate_ranges, feature_quantization
-from denoiserep.core.io import load_state_checked
-from denoiserep.models.factory import create_model
 
 ARMS = ("baseline", "control", "label_free_strong_closed_form", "joint_strong_closed_form")
 COMPARISONS = (
@@ -47,17 +43,11 @@ def run_seed(
 ) -> dict[str, list[float]]:
     """Clean acc@1, then acc@1 at each of ``bits``, for every arm of one seed; ``calibration``
     > 0: static ranges from that many training images, else each sample's own range."""
-    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
     out = {}
     targets = None
     for arm in ARMS:
-        model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
-        if targets is None:  # the run's target layers, as the pipelines choose them
-            targets = list(select_targets(model, dr.DenoiseConfig(**exp["denoise"])))
-        weights = seed_dir / arm / "model.safetensors"  # baseline and control
-        if not weights.exists():
-            weights = seed_dir / arm / "fused.safetensors"  # DenoiseRep arms, fused
-        load_state_checked(model, weights)
+        model = saved_model(exp, sets, seed_dir / arm)
+        targets = targets or run_targets(exp, model)
         scores = [evaluate(model, sets.test, 500)["acc1"]]
         ranges = None
         if calibration:

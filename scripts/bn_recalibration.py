@@ -22,15 +22,13 @@ import copy
 from pathlib import Path
 
 import torch
-from seed_study import paired_table, run_seeds
+from seed_study import paired_table, run_seeds, saved_model
 from torch.utils.data import DataLoader
 
 import denoiserep as dr
 from denoiserep.classification.task import evaluate
 from denoiserep.core.feature_noise import feature_noise
-from denoiserep.core.io import load_state_checked
 from denoiserep.data.augment import pad_crop_flip
-from denoiserep.models.factory import create_model
 
 STRONG = {"timesteps": 100, "beta_start": 1.0e-3, "beta_end": 0.2}
 SIGMAS = (0.2, 0.5)
@@ -59,12 +57,9 @@ def scores(model: torch.nn.Module, test: object, targets: list[str]) -> list[flo
 
 
 def run_seed(exp: dict, sets: object, baseline: Path) -> dict[str, list[float]]:
-    """The five models of one seed's baseline, scored."""
+    """The five models of one seed's baseline (its arm folder), scored."""
     train, test = sets.train, sets.test
-    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
-    model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs)
-    load_state_checked(model, baseline)
-    model.eval()
+    model = saved_model(exp, sets, baseline)
     images = list(DataLoader(train.tensors[0], batch_size=500))
     generator = torch.Generator().manual_seed(0)
     augmented = [
@@ -98,7 +93,7 @@ def main() -> None:
     results = []
     print(f"per seed, {' / '.join(columns)} of: {', '.join(MODELS)}")
     for exp, sets, seed_dir in run_seeds(args.runs):
-        r = run_seed(exp, sets, seed_dir / "baseline" / "model.safetensors")
+        r = run_seed(exp, sets, seed_dir / "baseline")
         results.append(r)
         row = " | ".join(" / ".join(f"{v:.2f}" for v in r[m]) for m in MODELS)
         print(f"{seed_dir.parent.name}/{seed_dir.name}: {row}", flush=True)

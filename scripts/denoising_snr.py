@@ -19,23 +19,20 @@ import copy
 from pathlib import Path
 
 import torch
-from seed_study import run_seeds
+from seed_study import run_seeds, saved_model
 
 import denoiserep as dr
 from denoiserep.core.closed_form import SecondMoment
 from denoiserep.core.diagnostics import layer_inputs
-from denoiserep.core.io import load_state_checked
-from denoiserep.models.factory import create_model
 
 STRONG = {"timesteps": 100, "beta_start": 1.0e-3, "beta_end": 0.2}
 
 
 @torch.no_grad()
 def snr_gains(exp: dict, sets: object, baseline: Path) -> list[tuple[str, int, float]]:
-    """(layer, t, SNR gain of its fitted step under isotropic noise) in execution order."""
-    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
-    model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
-    load_state_checked(model, baseline)
+    """(layer, t, SNR gain of its fitted step under isotropic noise) in execution order, for
+    the baseline saved in the arm folder ``baseline``."""
+    model = saved_model(exp, sets, baseline)
     images = list(sets.train.tensors[0].split(500))
     config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG})
     converted = dr.convert(copy.deepcopy(model), config, example_input=images[0][:2])
@@ -61,7 +58,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     for exp, sets, seed_dir in run_seeds(args.runs):
-        gains = snr_gains(exp, sets, seed_dir / "baseline" / "model.safetensors")
+        gains = snr_gains(exp, sets, seed_dir / "baseline")
         values = sorted(g for _, _, g in gains)
         print(f"\n{seed_dir.parent.name}/{seed_dir.name}: SNR gain per layer (execution order)")
         for name, t, gain in gains:

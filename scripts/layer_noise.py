@@ -19,17 +19,13 @@ from pathlib import Path
 
 import torch
 from denoising_snr import snr_gains
-from seed_study import paired_cell, run_seeds
+from seed_study import paired_cell, run_seeds, run_targets, saved_model
 from torch.utils.data import Subset
 
-import denoiserep as dr
 from denoiserep.classification.task import evaluate
-from denoiserep.core.convert import select_targets
 from denoiserep.core.feature_noise import feature_noise
-from denoiserep.core.io import load_state_checked
-from denoiserep.models.factory import create_model
 
-ARMS = {"baseline": "model.safetensors", "label_free_strong_closed_form": "fused.safetensors"}
+ARMS = ("baseline", "label_free_strong_closed_form")
 ALL = "(every layer at once)"
 
 
@@ -38,15 +34,13 @@ def run_seed(
 ) -> dict[str, dict[str, float]]:
     """Per layer (and ALL): the SNR gain, then acc@1 clean and with noise at that layer only,
     for the baseline and the label-free arm."""
-    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
     test = Subset(sets.test, range(min(images, len(sets.test))))
     rows: dict[str, dict[str, float]] = {}
-    for name, _, gain in snr_gains(exp, sets, seed_dir / "baseline" / "model.safetensors"):
+    for name, _, gain in snr_gains(exp, sets, seed_dir / "baseline"):
         rows[name] = {"snr_gain": gain}
-    for arm, file in ARMS.items():
-        model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
-        targets = list(select_targets(model, dr.DenoiseConfig(**exp["denoise"])))
-        load_state_checked(model, seed_dir / arm / file)
+    for arm in ARMS:
+        model = saved_model(exp, sets, seed_dir / arm)
+        targets = run_targets(exp, model)
         clean = evaluate(model, test, 500)["acc1"]
         for layer in [*targets, ALL]:
             chosen = targets if layer == ALL else [layer]

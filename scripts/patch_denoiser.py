@@ -23,18 +23,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from denoising_snr import STRONG
-from seed_study import mean_table, paired_table, run_seeds
+from seed_study import mean_table, paired_table, run_seeds, run_targets, saved_model
 from torch import nn
 from torch.utils.data import Subset
 
 import denoiserep as dr
 from denoiserep.classification.task import evaluate
 from denoiserep.core.closed_form import SecondMoment
-from denoiserep.core.convert import select_targets
 from denoiserep.core.diagnostics import layer_inputs
 from denoiserep.core.feature_noise import feature_noise
-from denoiserep.core.io import load_state_checked
-from denoiserep.models.factory import create_model
 
 COLUMNS = ["clean", "image σ=0.2", "image σ=0.5", "every layer σ=0.5"]
 MODELS = ("baseline", "per_pixel", "per_patch")
@@ -75,10 +72,8 @@ def fitted(model: nn.Module, exp: dict, images: list[torch.Tensor]) -> tuple[nn.
 
 
 def run_seed(exp: dict, sets: object, seed_dir: Path, images: int) -> dict[str, list[float]]:
-    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
-    baseline = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
-    load_state_checked(baseline, seed_dir / "baseline" / "model.safetensors")
-    targets = list(select_targets(baseline, dr.DenoiseConfig(**exp["denoise"])))
+    baseline = saved_model(exp, sets, seed_dir / "baseline")
+    targets = run_targets(exp, baseline)
     if "patch_embed.proj" not in targets:
         raise SystemExit(f"{seed_dir}: no patch_embed.proj among the targets; a timm ViT run?")
     train = list(sets.train.tensors[0].split(500))

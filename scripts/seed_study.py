@@ -1,5 +1,6 @@
 """What the seed-study scripts share: the seeds of ``denoiserep ablate`` runs with their data
-loaded once per run, and the paired comparison over seeds as a Markdown table.
+loaded once per run, the models their arms saved, and the paired comparison over seeds as a
+Markdown table.
 
 Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``layer_noise.py``,
 ``patch_denoiser.py``, ``target_subsets.py`` and ``pool_seeds.py`` (the scripts folder is on
@@ -13,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
+import denoiserep as dr
 from denoiserep.classification.ablation import compare
 from denoiserep.classification.datasets import build_classification_data
 from denoiserep.classification.protocol import materialize
+from denoiserep.core.convert import select_targets
+from denoiserep.core.io import load_state_checked
+from denoiserep.models.factory import create_model
 
 
 def run_seeds(runs: Sequence[Path]) -> Iterator[tuple[dict[str, Any], Any, Path]]:
@@ -28,6 +34,23 @@ def run_seeds(runs: Sequence[Path]) -> Iterator[tuple[dict[str, Any], Any, Path]
         sets.train, sets.test = materialize(sets.train), materialize(sets.test)
         for seed_dir in sorted(run.glob("seed*")):
             yield exp, sets, seed_dir
+
+
+def saved_model(exp: dict[str, Any], sets: Any, arm_dir: Path) -> nn.Module:
+    """The run's model, in eval mode, with the weights an arm saved in ``arm_dir``:
+    ``model.safetensors`` (baseline, control) or ``fused.safetensors`` (DenoiseRep arms)."""
+    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
+    model = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
+    weights = arm_dir / "model.safetensors"
+    if not weights.exists():
+        weights = arm_dir / "fused.safetensors"
+    load_state_checked(model, weights)
+    return model
+
+
+def run_targets(exp: dict[str, Any], model: nn.Module) -> list[str]:
+    """The run's target layers, as the pipelines choose them (names in the plain model)."""
+    return list(select_targets(model, dr.DenoiseConfig(**exp["denoise"])))
 
 
 def paired_cell(a: Sequence[float], b: Sequence[float]) -> str:

@@ -24,15 +24,13 @@ from pathlib import Path
 
 import torch
 from denoising_snr import STRONG
-from seed_study import mean_table, paired_table, run_seeds
+from seed_study import mean_table, paired_table, run_seeds, saved_model
 from torch.utils.data import Subset
 
 import denoiserep as dr
 from denoiserep.classification.task import evaluate
 from denoiserep.core.convert import select_targets
 from denoiserep.core.feature_noise import feature_noise, feature_quantization
-from denoiserep.core.io import load_state_checked
-from denoiserep.models.factory import create_model
 
 COLUMNS = ["clean", "first layer σ=0.5", "every layer σ=0.5", "3 bits", "2 bits"]
 
@@ -74,9 +72,7 @@ def run_seed(
     exp: dict, sets: object, seed_dir: Path, subsets: dict[str, list[str]], images: int
 ) -> tuple[dict[str, list[float]], dict[str, tuple[int, int, int]]]:
     """Acc@1 under each condition of COLUMNS per model, and each fused subset's cost."""
-    kwargs = dict(exp["model"].get("kwargs") or {}, num_classes=sets.num_classes)
-    baseline = create_model(exp["model"]["name"], in_chans=sets.in_chans, **kwargs).eval()
-    load_state_checked(baseline, seed_dir / "baseline" / "model.safetensors")
+    baseline = saved_model(exp, sets, seed_dir / "baseline")
     train = list(sets.train.tensors[0].split(500))
     config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG})
     every = dr.convert(copy.deepcopy(baseline), config, example_input=train[0][:2])
