@@ -25,7 +25,7 @@ closed_form) variants="variants={
   label_free_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form}},
   label_free_strong_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form}, $strong},
   joint_strong_closed_form: {finetune: {phases: joint, denoiser_init: closed_form}, $strong}}" ;;
-main_path) main="timestep_stride: 2, targets: [\"conv1*\", \"*downsample*\", fc]"
+main_path) main="timestep_stride: 2, targets: main_path"
   variants="variants={
   joint_strong_closed_form: {finetune: {phases: joint, denoiser_init: closed_form}, $strong},
   label_free_main_closed_form: {finetune: {phases: denoiser, epochs: 0, denoiser_init: closed_form},

@@ -54,6 +54,23 @@ def test_protocol_all_arms_and_report(tmp_path, capsys):
     assert "DenoiseRep (fused)" in printed and "max abs(fused - unfused)" in printed
 
 
+def test_main_path_targets_through_the_cli(tmp_path, capsys):
+    """``denoise.targets=main_path``: the ViT's patch embedding and head are denoised, and the
+    robustness evaluation noises the same two layers' inputs."""
+    out = tmp_path / "run"
+    args = [*TINY, "seeds=[0]", "robustness.corruptions=[contrast]", "robustness.severities=[5]"]
+    assert (
+        main(["demo", "--no-progress", "--output", str(out), *args, "denoise.targets=main_path"])
+        == 0
+    )
+    capsys.readouterr()
+    report = json.loads((out / "results.json").read_text())
+    assert report["denoised_layers"] == 2
+    assert [row["layer"] for row in report["strength"]] == ["patch_embed.proj", "head"]
+    for arm in ("baseline", "control", "denoiserep"):
+        assert report["robustness"]["0"][arm]["layers"] == ["patch_embed.proj", "head"]
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["demo", "--no-progress", "--output", str(out), "finetune.lrr=1"]) == 2

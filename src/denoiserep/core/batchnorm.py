@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diagnostics import modes_restored, run_batches
+from .diagnostics import run_batches
+from .forward import modes_restored
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

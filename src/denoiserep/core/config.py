@@ -24,7 +24,7 @@ import yaml
 
 from .schedule import NoiseSchedule, cosine_schedule, linear_schedule
 
-TARGET_KINDS = ("linear", "conv", "all")
+TARGET_KINDS = ("linear", "conv", "all", "main_path")
 SCHEDULES = ("linear", "cosine")
 LOSSES = ("mse", "l1", "l1+l2")
 
@@ -239,8 +239,10 @@ class DenoiseConfig:
     """Configuration of a DenoiseRep conversion.
 
     Args:
-        targets: ``"linear"``, ``"conv"``, ``"all"``, or a list of module-name glob patterns
-            (e.g. ``["blocks.*.mlp.fc*"]``) selecting the layers to wrap.
+        targets: ``"linear"``, ``"conv"``, ``"all"``, ``"main_path"`` (the layers on the route
+            from input to output that crosses the fewest layers: a ResNet's stem, downsampling
+            shortcuts and head, no residual branch; found on the example input's forward), or
+            a list of module-name glob patterns (e.g. ``["blocks.*.mlp.fc*"]``).
         exclude: module-name glob patterns removed from the targets (e.g. ``["head"]``; a
             single pattern may be given as a string).
         timesteps: T, the length of the diffusion process.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import warnings
 from collections.abc import Iterator
@@ -13,13 +14,16 @@ import torch
 from torch import nn
 
 from .config import DenoiseConfig
+from .forward import call, modes_restored
 from .layer import PHASES, SUPPORTED_TYPES, DenoiseLayer, compute_pending_losses, is_supported
+from .main_path import main_path
 
 _STATE = "_denoiserep"
 _KIND_TYPES = {
     "linear": (nn.Linear,),
     "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
     "all": SUPPORTED_TYPES,
+    "main_path": SUPPORTED_TYPES,  # then only those on the least-layer route (main_path.py)
 }
 
 
@@ -54,10 +58,18 @@ def _excluded(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(p, pat) for p in prefixes for pat in patterns)
 
 
-def select_targets(model: nn.Module, config: DenoiseConfig) -> dict[str, nn.Module]:
-    """The modules ``config.targets`` names, by qualified name, in registration order."""
+def select_targets(
+    model: nn.Module, config: DenoiseConfig, example_input: Any = None
+) -> dict[str, nn.Module]:
+    """The modules ``config.targets`` names, by qualified name, in registration order.
+
+    ``targets="main_path"`` needs ``example_input``: the layers are found on one forward
+    (:func:`denoiserep.core.main_path.main_path`).
+    """
     modules = dict(model.named_modules())
     modules.pop("", None)
+    if config.targets == "main_path" and example_input is None:
+        raise ValueError("targets='main_path' needs example_input: the path is found on a forward")
     if isinstance(config.targets, str) and config.targets in _KIND_TYPES:
         kinds = _KIND_TYPES[config.targets]
         chosen = {n: m for n, m in modules.items() if isinstance(m, kinds)}
@@ -69,6 +81,9 @@ def select_targets(model: nn.Module, config: DenoiseConfig) -> dict[str, nn.Modu
                 stacklevel=3,
             )
         chosen = {n: m for n, m in chosen.items() if n not in skipped}
+        if config.targets == "main_path":
+            on_path = main_path(model, chosen, example_input)
+            chosen = {n: chosen[n] for n in on_path}
     else:
         patterns = [config.targets] if isinstance(config.targets, str) else config.targets
         chosen = {}
@@ -98,25 +113,6 @@ def select_targets(model: nn.Module, config: DenoiseConfig) -> dict[str, nn.Modu
     return chosen
 
 
-def _call(model: nn.Module, example_input: Any) -> None:
-    """Run the model on an example: a tuple is positional args, a dict keyword args."""
-    if isinstance(example_input, tuple):
-        model(*example_input)
-    elif isinstance(example_input, dict):
-        model(**example_input)
-    else:
-        model(example_input)
-
-
-def _describe(example_input: Any) -> str:
-    """`` of shape (2, 3, 8, 8)`` for a tensor (a tuple: its tensors' shapes), else ``""``."""
-    items = example_input if isinstance(example_input, tuple) else (example_input,)
-    shapes = [tuple(x.shape) for x in items if isinstance(x, torch.Tensor)]
-    if not shapes or len(shapes) != len(items):
-        return ""
-    return " of shape " + ", ".join(str(s) for s in shapes)
-
-
 def execution_order(
     model: nn.Module, targets: dict[str, nn.Module], example_input: Any
 ) -> list[str]:
@@ -136,25 +132,14 @@ def execution_order(
 
         return hook
 
-    modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in targets.items()]
     try:
-        model.eval()
-        with torch.no_grad():
-            _call(model, example_input)
-    except Exception as e:  # noqa: BLE001 - the model's own error, in one line
-        text = str(e).strip()
-        reason = text.splitlines()[0] if text else ""
-        raise ValueError(
-            f"example_input{_describe(example_input)}: the model rejected it: "
-            f"{type(e).__name__}: {reason}; pass an input the model accepts (e.g. a batch of "
-            "training inputs)"
-        ) from e
+        with modes_restored(model), torch.no_grad():
+            model.eval()
+            call(model, example_input)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     repeated = [f"{n} ({c}x)" for n, c in calls.items() if c > 1]
     if repeated:
         raise ValueError(
@@ -201,7 +186,11 @@ def convert(
         raise ValueError(
             "model is already converted; convert the original model, or fuse() this one"
         )
-    targets = select_targets(model, config)
+    if timesteps is not None and config.targets == "main_path":  # restoring: names are known
+        every = select_targets(model, dataclasses.replace(config, targets="all"))
+        targets = {n: m for n, m in every.items() if n in timesteps}
+    else:
+        targets = select_targets(model, config, example_input)
     if timesteps is None:
         if example_input is None:
             raise ValueError("convert() needs example_input to order the layers by execution")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .convert import denoise_layers, unwrap
+from .forward import modes_restored
 
 
 @contextlib.contextmanager
@@ -33,18 +34,6 @@ def explicit_denoising(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer, flag in zip(layers, before, strict=True):
             layer.explicit = flag
-
-
-@contextlib.contextmanager
-def modes_restored(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block the model may switch any module between train and eval; on exit
-    every module's training mode is what it was before."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 @contextlib.contextmanager

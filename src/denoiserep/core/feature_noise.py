@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from .convert import denoise_layers, is_converted, unwrap
-from .diagnostics import modes_restored, run_batches
+from .diagnostics import run_batches
+from .forward import modes_restored
 from .layer import is_supported
 
 

@@ -326,7 +326,9 @@ class ArmRunner:
         if not cfg.enabled:
             return {}
         if self.noise_layers is None:  # the run's target layers, the same for every arm
-            self.noise_layers = list(select_targets(dr.unwrap(model), self.cfg.denoise))
+            plain = dr.unwrap(model)
+            targets = select_targets(plain, self.cfg.denoise, self.task.convert_input)
+            self.noise_layers = list(targets)
         per_arm = self.robustness.setdefault(str(seed), {})
         task, step = self.task, self.task.trainer_task
         # static quantization ranges come from the first training images, unaugmented
