@@ -13,6 +13,8 @@ subset's steps add to a training step (denoiser weights, multiply-adds of W·A_t
 
     .venv/bin/python scripts/target_subsets.py RUN_DIR [RUN_DIR ...] \\
         --subset "main path=conv1*,*downsample*,fc" --subset "branches=layer*.conv*"
+
+A subset given as ``main_path`` alone is the ``targets="main_path"`` preset.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def fused_subset(
 ) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """The baseline with closed-form steps on the run's targets that ``patterns`` name, each
     at its all-targets timestep, fused; and their :func:`training_cost`."""
-    config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG, "targets": patterns})
-    chosen = [name for name in select_targets(baseline, config) if name in t_all]
+    preset = patterns == ["main_path"]  # the preset, found on a forward of two images
+    targets = "main_path" if preset else patterns
+    config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG, "targets": targets})
+    chosen = [name for name in select_targets(baseline, config, images[0][:2]) if name in t_all]
     if not chosen:
         raise SystemExit(f"subset {patterns} names none of the run's target layers")
     config = dr.DenoiseConfig(**{**exp["denoise"], **STRONG, "targets": chosen})
