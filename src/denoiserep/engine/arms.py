@@ -44,7 +44,7 @@ from .report import aggregate_seeds
 from .robustness import RobustnessConfig, evaluate_robustness
 from .robustness_summary import summarize_robustness
 from .runs import open_run_folder
-from .trainer import TrainConfig, fit
+from .trainer import TrainConfig, fit, plain_forward
 
 ARMS = ("baseline", "control", "denoiserep")
 
@@ -330,21 +330,17 @@ class ArmRunner:
             targets = select_targets(plain, self.cfg.denoise, self.task.convert_input)
             self.noise_layers = list(targets)
         per_arm = self.robustness.setdefault(str(seed), {})
-        task, step = self.task, self.task.trainer_task
+        task = self.task
         # static quantization ranges come from the first training images, unaugmented
         first = Subset(task.train_set, range(min(cfg.calibration_images, len(task.train_set))))
         calibration = DataLoader(first, self.cfg.finetune.batch_size, collate_fn=task.collate_fn)
-
-        def forward(m: nn.Module, batch: Any) -> Any:
-            return step.forward(m, step.to_device(batch, task.device))
-
         per_arm[arm] = evaluate_robustness(
             task.evaluate_under,
             model,
             cfg,
             self.noise_layers,
             calibration=calibration,
-            forward=forward,
+            forward=plain_forward(task.trainer_task, task.device),
         )
         row = summarize_robustness(per_arm, self.task.robustness_metric)["arms"][arm]
         scalars = {"mCA": row["mCA"], "mFA": row["mFA"]}

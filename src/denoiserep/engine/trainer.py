@@ -164,6 +164,12 @@ def _augment(task: Task, batch: Any, generator: torch.Generator, rows: BatchRows
     return task.augment(batch, generator, rows) if rows else task.augment(batch, generator)
 
 
+def plain_forward(task: Task, device: torch.device) -> Callable[[nn.Module, Any], Any]:
+    """``forward(model, batch)`` for label-free passes (closed-form fit, range calibration):
+    the batch moved to ``device`` and not augmented."""
+    return lambda m, batch: task.forward(m, task.to_device(batch, device))
+
+
 def _autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
@@ -240,7 +246,7 @@ def fit(
         fitted = fit_denoisers(
             model,
             tqdm(loader, desc=f"{tag}: closed-form D", disable=not progress, leave=False),
-            forward=lambda m, batch: task.forward(m, task.to_device(batch, device)),
+            forward=plain_forward(task, device),
         )
         if dist.is_main():
             floor = sum(r["min_loss"] for r in fitted.values())
