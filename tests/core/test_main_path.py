@@ -13,6 +13,7 @@ from torch import nn
 
 import denoiserep as dr
 from denoiserep.core.convert import select_targets
+from denoiserep.models.vmamba import vmamba_micro
 from tests.conftest import randomize_denoisers
 
 MAIN = dr.DenoiseConfig(targets="main_path")
@@ -90,10 +91,17 @@ def test_resnets_give_stem_shortcuts_and_head_as_the_studies_named_them():
             64,
             ["stem.0"] + [f"stages.{i}.downsample.1" for i in (1, 2, 3)] + ["head.fc"],
         ),
+        (
+            lambda: vmamba_micro(num_classes=10),
+            64,
+            ["patch_embed.proj"]
+            + [f"layers.{i}.downsample.reduction" for i in (0, 1, 2)]
+            + ["head"],
+        ),
     ],
-    ids=["vit", "swin", "convnext"],
+    ids=["vit", "swin", "convnext", "vmamba"],
 )
-def test_transformers_and_convnext(build, size, expected):
+def test_transformers_convnext_and_vmamba(build, size, expected):
     assert names(build(), torch.randn(2, 3, size, size)) == expected
 
 

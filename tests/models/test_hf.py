@@ -137,3 +137,14 @@ def test_hf_classifier_converts_trains_and_fuses(tmp_path):
     fresh = create_model(f"hf:{tmp_path}", num_classes=3)
     fresh.load_state_dict(fused.state_dict(), strict=True)
     assert type(fused.model) is transformers.ViTForImageClassification
+
+
+def test_main_path_of_a_transformers_vit_reads_its_model_output():
+    """The path search finds the logits inside transformers' ModelOutput."""
+    model = dr.convert(
+        tiny_vit(), dr.DenoiseConfig(targets="main_path"), example_input=torch.randn(2, 3, 32, 32)
+    )
+    assert list(dr.denoise_layers(model)) == [
+        "vit.embeddings.patch_embeddings.projection",
+        "classifier",
+    ]
