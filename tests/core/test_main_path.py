@@ -13,6 +13,7 @@ from torch import nn
 
 import denoiserep as dr
 from denoiserep.core.convert import select_targets
+from denoiserep.dense.models import build_detector
 from denoiserep.models.vmamba import vmamba_micro
 from tests.conftest import randomize_denoisers
 
@@ -112,6 +113,21 @@ def test_blocks_without_a_shortcut_are_on_the_path_and_squeeze_excite_is_not():
     assert "features.2.block.1.0" in found  # depthwise conv of a stride-2 block: no shortcut
     assert "features.3.block.1.0" not in found  # the same conv in a residual block
     assert not any(".fc1" in n or ".fc2" in n for n in found)  # squeeze-excite gates
+
+
+def test_a_detector_s_route_runs_through_its_heads():
+    """Mask R-CNN in eval mode returns a list of dicts of detections; the route from the boxes
+    back to the image crosses the stem, the finest FPN level and the box head."""
+    torch.manual_seed(0)
+    model = build_detector("maskrcnn", 11, "resnet18", min_size=48, max_size=48)
+    found = names(model, [torch.rand(3, 48, 48)])
+    assert found[:3] == [
+        "backbone.body.conv1",
+        "backbone.fpn.inner_blocks.0.0",
+        "backbone.fpn.layer_blocks.0.0",
+    ]
+    assert {"roi_heads.box_head.fc6", "roi_heads.box_predictor.bbox_pred"} <= set(found)
+    assert not any("body.layer" in n for n in found)  # no residual stage: the FPN taps layer1
 
 
 def test_convert_orders_restores_and_fuses_the_main_path():
