@@ -47,7 +47,7 @@ def run_seed(
     targets = None
     for arm in ARMS:
         model = saved_model(exp, sets, seed_dir / arm)
-        targets = targets or run_targets(exp, model)
+        targets = targets or run_targets(exp, sets, model)
         scores = [evaluate(model, sets.test, 500)["acc1"]]
         ranges = None
         if calibration:

@@ -40,7 +40,7 @@ def run_seed(
         rows[name] = {"snr_gain": gain}
     for arm in ARMS:
         model = saved_model(exp, sets, seed_dir / arm)
-        targets = run_targets(exp, model)
+        targets = run_targets(exp, sets, model)
         clean = evaluate(model, test, 500)["acc1"]
         for layer in [*targets, ALL]:
             chosen = targets if layer == ALL else [layer]

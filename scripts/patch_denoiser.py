@@ -73,7 +73,7 @@ def fitted(model: nn.Module, exp: dict, images: list[torch.Tensor]) -> tuple[nn.
 
 def run_seed(exp: dict, sets: object, seed_dir: Path, images: int) -> dict[str, list[float]]:
     baseline = saved_model(exp, sets, seed_dir / "baseline")
-    targets = run_targets(exp, baseline)
+    targets = run_targets(exp, sets, baseline)
     if "patch_embed.proj" not in targets:
         raise SystemExit(f"{seed_dir}: no patch_embed.proj among the targets; a timm ViT run?")
     train = list(sets.train.tensors[0].split(500))

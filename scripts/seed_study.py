@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 
 import denoiserep as dr
 from denoiserep.classification.ablation import compare
@@ -48,9 +49,11 @@ def saved_model(exp: dict[str, Any], sets: Any, arm_dir: Path) -> nn.Module:
     return model
 
 
-def run_targets(exp: dict[str, Any], model: nn.Module) -> list[str]:
-    """The run's target layers, as the pipelines choose them (names in the plain model)."""
-    return list(select_targets(model, dr.DenoiseConfig(**exp["denoise"])))
+def run_targets(exp: dict[str, Any], sets: Any, model: nn.Module) -> list[str]:
+    """The run's target layers, as the pipelines choose them (names in the plain model; a
+    ``main_path`` run finds them on the first test images, as the pipelines' probe does)."""
+    probe = next(iter(DataLoader(sets.test, batch_size=2)))[0]
+    return list(select_targets(model, dr.DenoiseConfig(**exp["denoise"]), probe))
 
 
 def paired_cell(a: Sequence[float], b: Sequence[float]) -> str:
