@@ -29,7 +29,8 @@ ARGS = [
 
 
 def run(out, nproc: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR: torchrun leaves a torchelastic_* folder behind in the temporary directory
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(out.parent))
     if nproc == 1:
         cmd = [sys.executable, "-m", "denoiserep", "demo", "--output", str(out), *ARGS]
     else:

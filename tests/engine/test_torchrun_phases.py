@@ -69,7 +69,8 @@ PHASES = {"joint": ["joint", "joint"], "alternating": ["denoiser", "backbone"]}
 def run(tmp_path: Path, out: Path, nproc: int, noise: str, phases: str) -> dict:
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR: torchrun leaves a torchelastic_* folder behind in the temporary directory
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     prefix = [sys.executable] if nproc == 1 else [*torchrun, f"--nproc_per_node={nproc}"]
     cmd = [*prefix, str(launcher), noise, "classify", "--output", str(out), *ARGS]

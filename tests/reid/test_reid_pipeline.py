@@ -202,7 +202,8 @@ def test_two_process_evaluation_gathers_every_feature(tmp_path, capsys):
         "--master_port=29541", "-m", "denoiserep", "reid", "--config", TINY,
         "--output", str(two_out), "--no-progress", *common, f"baseline_weights={weights}",
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR: torchrun leaves a torchelastic_* folder behind in the temporary directory
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((two_out / "results.json").read_text())
