@@ -69,6 +69,7 @@ def test_bench_tiny_writes_every_result(tmp_path, capsys):
         assert list(train["variants"]) == ["baseline", "denoiser", "backbone", "joint"]
         for row in train["variants"].values():
             assert TRAIN_FIELDS <= set(row) and len(row["top_ops"]) == 3
+            assert "kernel_ms" not in row  # a CPU bench: no GPU kernels to sum
             assert row["median_ms"] > 0 and row["peak_mb"] > 0 and row["gflops_per_step"] > 0
             assert row["gflops_float32"] == row["gflops_per_step"]  # a float32 bench
         assert EXPORT_FIELDS <= set(rep["export"])

@@ -154,6 +154,23 @@ def _profile_table(trained: dict[str, dict[str, Any]]) -> list[str]:
                     f"| {name} | {v} | `{label}` | {op['calls']} | {op['self_ms']:.1f} | "
                     f"{share:.1f} |"
                 )
+    kernels = [
+        f"| {name} | {v} | {row['kernels']} | {row['kernel_ms']:.1f} | {row['median_ms']:.1f} "
+        f"| {100 * row['kernel_ms'] / row['median_ms']:.0f} |"
+        for name, train in trained.items()
+        for v, row in train["variants"].items()
+        if row.get("kernel_ms") is not None
+    ]
+    if kernels:  # on a GPU: is the step bound by its kernels or by launching them?
+        lines += [
+            "",
+            "GPU kernels of the profiled step: a kernel time well under the step time leaves "
+            "the GPU waiting on the host to launch them.",
+            "",
+            "| model | variant | kernels | kernel ms | median step ms | kernel time % of step |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *kernels,
+        ]
     return lines
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import DeviceType
 
 import denoiserep as dr
 from denoiserep.engine.optim import build_optimizer
@@ -69,8 +70,8 @@ def product_precision(model: nn.Module) -> dict[str, str]:
     return {product: "/".join(sorted(names)) for product, names in dtypes.items()}
 
 
-def top_ops(step: Step, device: torch.device, top: int) -> list[dict[str, Any]]:
-    """The ``top`` operators by self time (CPU, or CUDA kernels on a GPU) in one step."""
+def profile_step(step: Step, device: torch.device, top: int) -> dict[str, Any]:
+    """Profile one step: :func:`summarize_profile` of what it ran (CPU, or CUDA kernels)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -79,9 +80,33 @@ def top_ops(step: Step, device: torch.device, top: int) -> list[dict[str, Any]]:
         step()
         if cuda:
             torch.cuda.synchronize(device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
-    return [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "calls": e.count} for e in events]
+    return summarize_profile(prof.key_averages(), cuda, top)
+
+
+def summarize_profile(events: Iterable[Any], cuda: bool, top: int) -> dict[str, Any]:
+    """The ``top`` operators by self time and, on a GPU, the step's kernels.
+
+    On a GPU an operator's self time is that of the kernels it launched. The kernel rows
+    themselves are left out of the top list (they would count that time twice) and summed
+    into ``kernels`` (launches) and ``kernel_ms``: a step whose kernels run for much less than
+    its wall time leaves the GPU waiting on the host, so launches, not FLOPs, set its time.
+    """
+    events = list(events)
+    if cuda:
+        ops = [e for e in events if e.device_type == DeviceType.CPU]
+        kernels = [
+            e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+        ]
+        key = "self_device_time_total"
+    else:
+        ops, kernels, key = events, [], "self_cpu_time_total"
+    ranked = sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:top]
+    rows = [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "calls": e.count} for e in ranked]
+    summary: dict[str, Any] = {"top_ops": rows}
+    if cuda:
+        summary["kernels"] = sum(e.count for e in kernels)
+        summary["kernel_ms"] = sum(e.self_device_time_total for e in kernels) / 1e3
+    return summary
 
 
 def training_cost(
@@ -136,7 +161,7 @@ def training_cost(
     if tc.profile_top:
         with tick("train profile"):
             for name, (step, _, _) in steps.items():
-                rows[name]["top_ops"] = top_ops(step, device, tc.profile_top)
+                rows[name].update(profile_step(step, device, tc.profile_top))
     base = rows["baseline"]
     for row in rows.values():
         row["step_ratio"] = ratio(row["median_ms"], base["median_ms"])
