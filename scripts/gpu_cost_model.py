@@ -161,7 +161,7 @@ def issue_ms() -> np.ndarray:
 
 
 def ratios(ms: np.ndarray) -> np.ndarray:
-    """Each step time over its model's baseline step time (MODELS x PHASES order)."""
+    """Each row (times or counts, MODELS x PHASES order) over its model's baseline row."""
     per_model = ms.reshape(len(MODELS), len(PHASES))
     return (per_model / per_model[:, :1]).ravel()
 
