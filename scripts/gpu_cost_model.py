@@ -108,7 +108,7 @@ class StepCounts(TorchDispatchMode):
 def count(out: Path, batch: int) -> None:
     """Counts per model and phase for the denoiserep on the path, with its bench's defaults."""
     import timm
-    import torch.nn.functional as F
+    from op_count import train_pass  # the same step, whichever denoiserep is on the path
     from tqdm import tqdm
 
     import denoiserep as dr
@@ -124,20 +124,8 @@ def count(out: Path, batch: int) -> None:
         if name not in converted:
             converted[name] = dr.convert(timm.create_model(name, num_classes=10), cfg, x[:1])
         model = converted[name] if phase != "baseline" else timm.create_model(name, num_classes=10)
-        if phase != "baseline":
-            dr.set_phase(model, phase)
-        if phase == "denoiser":
-            dr.train_frozen_backbone(model)
-        else:
-            model.train()
-
-        with StepCounts() as counts:  # one forward + backward, as bench/training.py's step
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                output = model(x)
-                loss = dr.denoise_loss(model) if phase != "baseline" else torch.zeros(())
-                if phase != "denoiser":
-                    loss = loss + F.cross_entropy(output.float(), y)
-            loss.backward()
+        with StepCounts() as counts:
+            train_pass(model, None if phase == "baseline" else phase, x, y, bf16=True)
         model.zero_grad(set_to_none=True)
         result["models"].setdefault(name, {})[phase] = counts.totals
         out.write_text(json.dumps(result, indent=1))  # what is counted survives a crash

@@ -22,28 +22,38 @@ import torch
 import torch.nn.functional as F
 
 import denoiserep as dr
-from denoiserep.bench.flops import CountOps
 
 MODELS = ["vit_small_patch16_224", "resnet50", "swin_tiny_patch4_window7_224"]
 
 
-def step_ops(
+def train_pass(
     model: torch.nn.Module, phase: str | None, x: torch.Tensor, y: torch.Tensor, bf16: bool
-) -> int:
-    """Operators of one forward + backward of ``phase`` (None: plain training)."""
+) -> None:
+    """One forward + backward of ``phase`` (None: plain training), as the bench's training
+    step without its optimizer step. Uses only the API older versions of the package have too
+    (scripts/gpu_cost_model.py runs it on the code the issue measured)."""
     if phase:
         dr.set_phase(model, phase)
     if phase == "denoiser":
         dr.train_frozen_backbone(model)
     else:
         model.train()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+        loss = dr.denoise_loss(model) if phase else torch.zeros(())
+        if phase != "denoiser":
+            loss = loss + F.cross_entropy(out.float(), y)
+    loss.backward()
+
+
+def step_ops(
+    model: torch.nn.Module, phase: str | None, x: torch.Tensor, y: torch.Tensor, bf16: bool
+) -> int:
+    """Operators of one forward + backward of ``phase`` (None: plain training)."""
+    from denoiserep.bench.flops import CountOps
+
     with CountOps() as counter:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-            loss = dr.denoise_loss(model) if phase else torch.zeros(())
-            if phase != "denoiser":
-                loss = loss + F.cross_entropy(out.float(), y)
-        loss.backward()
+        train_pass(model, phase, x, y, bf16)
     model.zero_grad(set_to_none=True)
     return sum(counter.counts.values())
 
