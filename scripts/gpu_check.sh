@@ -6,10 +6,11 @@
 #      run so that what finished survives a time limit;
 #   3. the training phases of ViT-B/16 with `denoise.batch_loss=true` (the noise regression
 #      scored in groups: fewer kernel launches), against the per-layer rows of step 2, then its
-#      denoiser and joint steps with `train.denoiser_optimizer=adafactor` (less memory), both
-#      in bench_batch_loss.md;
+#      denoiser and joint steps with `train.denoiser_optimizer=adafactor` (less memory), then
+#      with `denoise.loss_dtype=autocast` (D·x_t on the tensor cores in bf16 instead of float32),
+#      all in bench_batch_loss.md;
 #   4. the joint training step under torch.compile (ViT-B/16).
-# Each step has its own time limit (575 s in all) and writes to $OUT as it finishes:
+# Each step has its own time limit (580 s in all) and writes to $OUT as it finishes:
 # progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
 # bench_batch_loss.md, bench_compile.md and results_json.tar.gz (every results.json so far):
 # 8 files, so that a device run that returns at most 8 files brings all of them back.
@@ -34,7 +35,7 @@ pack_json() { (cd "$WORK" && tar czf - */results.json 2>/dev/null) > "$OUT/resul
 
 { nvidia-smi; "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } \
     >> "$OUT/progress.txt" 2>&1
-run_step "CUDA tests" 70 "$OUT/cuda_tests.txt" \
+run_step "CUDA tests" 60 "$OUT/cuda_tests.txt" \
     "$PY" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py
 for model in vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224; do
     run_step "bench $model" 95 "$OUT/bench_$model.md" \
@@ -52,13 +53,17 @@ levers() {
         "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
         train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
         train.denoiser_optimizer=adafactor export=false --no-progress
+    "$PY" -m denoiserep bench --output "$WORK/bench_loss_dtype" device=cuda bf16=true \
+        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
+        denoise.loss_dtype=autocast export=false --no-progress
 }
 export -f levers
 export PY WORK
-run_step "bench vit_base_patch16_224: batch_loss, then D with Adafactor" 100 \
+run_step "bench vit_base_patch16_224: batch_loss, D with Adafactor, D·x_t in bf16" 125 \
     "$OUT/bench_batch_loss.md" bash -c levers
 pack_json
-run_step "bench vit_base_patch16_224, joint step under torch.compile" 120 "$OUT/bench_compile.md" \
+run_step "bench vit_base_patch16_224, joint step under torch.compile" 110 "$OUT/bench_compile.md" \
     "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=cuda bf16=true \
     "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
     train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[joint]" \

@@ -27,6 +27,7 @@ from .schedule import NoiseSchedule, cosine_schedule, linear_schedule
 TARGET_KINDS = ("linear", "conv", "all", "main_path")
 SCHEDULES = ("linear", "cosine")
 LOSSES = ("mse", "l1", "l1+l2")
+LOSS_DTYPES = ("float32", "autocast")
 
 T = TypeVar("T")
 _NONE = type(None)
@@ -264,6 +265,11 @@ class DenoiseConfig:
             distribution). Use it with ``loss_tokens``: each layer's sampled input waits until
             that call. Layers that sample equally many of equally many tokens share one
             token-index draw per step.
+        loss_dtype: the precision of the noise regression's product D·x_t under autocast:
+            ``"float32"`` (autocast switched off for it) or ``"autocast"`` (the autocast
+            dtype; bf16 matmuls accumulate in float32). Without autocast both are float32.
+            In the autocast dtype the product runs on a GPU's tensor cores instead of the
+            float32 path; x_t = a x + b eps and the loss stay float32 either way.
 
     Values are converted as YAML gives them: ``loss_weight="1e-3"`` is the number 0.001.
     """
@@ -280,6 +286,7 @@ class DenoiseConfig:
     loss_fraction: float = 1.0
     loss_tokens: int = 0
     batch_loss: bool = False
+    loss_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -313,6 +320,8 @@ class DenoiseConfig:
             raise ValueError(f"loss_fraction must be in (0, 1], got {self.loss_fraction}")
         if self.loss_tokens < 0:
             raise ValueError(f"loss_tokens must be >= 0 (0: no cap), got {self.loss_tokens}")
+        if self.loss_dtype not in LOSS_DTYPES:
+            raise ValueError(f"loss_dtype must be one of {LOSS_DTYPES}, got {self.loss_dtype!r}")
 
     def build_schedule(self) -> NoiseSchedule:
         """The noise schedule this config describes."""

@@ -218,6 +218,7 @@ def convert(
             config.loss_fraction,
             config.loss_tokens,
             config.batch_loss,
+            config.loss_dtype,
         )
         layer.shared_draws = shared_draws
         _replace(model, module, layer)

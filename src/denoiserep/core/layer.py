@@ -50,6 +50,7 @@ class DenoiseLayer(nn.Module):
         loss_fraction: float = 1.0,
         loss_tokens: int = 0,
         batch_loss: bool = False,
+        loss_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if not is_supported(base_layer):
@@ -67,6 +68,7 @@ class DenoiseLayer(nn.Module):
         self.loss_fraction = loss_fraction
         self.loss_tokens = loss_tokens
         self.batch_loss = batch_loss
+        self.loss_dtype = loss_dtype
         self.precision: dict[
             str, torch.dtype
         ] = {}  # dtype of each product in the last training forward
@@ -195,16 +197,25 @@ class DenoiseLayer(nn.Module):
     def noise_prediction_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Noise the detached input to timestep t and score D's prediction of that noise.
 
-        Always float32, also under autocast: at small t the noise b * eps is about 1 % of x_t,
-        below bfloat16's resolution of x_t (0.4 %), so a bf16 product would learn rounding.
+        x_t and the loss are float32, also under autocast: at small t the noise b * eps is
+        about 1 % of x_t. The product D·x_t is float32 too unless ``loss_dtype`` is
+        ``"autocast"`` (:func:`predict_noise`).
         """
+        low = self.in_autocast_dtype(x.device)
         with torch.autocast(x.device.type, enabled=False):
             x0 = self._tokens(x.detach()).float()
             eps = torch.randn_like(x0)
             a, b = self._noise
-            pred = apply_channel_map(a * x0 + b * eps, self.D.float())
-        self.precision["D·x_t"] = pred.dtype
-        return _score(pred, eps, self.loss)
+            xt = a * x0 + b * eps
+        pred = predict_noise(xt, self.D, low)
+        self.precision["D·x_t"] = _product_dtype(x.device, low)
+        with torch.autocast(x.device.type, enabled=False):
+            return _score(pred, eps, self.loss)
+
+    def in_autocast_dtype(self, device: torch.device) -> bool:
+        """Whether D·x_t runs in the autocast dtype now (``loss_dtype="autocast"`` and
+        autocast on for ``device``)."""
+        return self.loss_dtype == "autocast" and torch.is_autocast_enabled(device.type)
 
     def train_weight(self) -> torch.Tensor:
         """W A_t for a training forward: in the autocast dtype under autocast (float32 weights
@@ -313,10 +324,10 @@ def _noise_coefficients(
 def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
     """Score the inputs that the last forward of ``batch_loss`` layers left pending.
 
-    Layers whose sampled inputs have equal shapes (and equal loss kind) form a group, scored
-    together: one noise draw, one x_t and one loss reduction per group, with one D·x_t product
-    per layer, instead of about ten small operators per layer (on a GPU, each one a kernel
-    launch). Each layer's ``last_loss`` is its own mean, as in the per-layer path; only the
+    Layers whose sampled inputs have equal shapes (and equal loss kinds and dtypes) form a
+    group, scored together: one noise draw, one x_t and one loss reduction per group, with one
+    D·x_t product per layer, instead of about ten small operators per layer (on a GPU, each one
+    a kernel launch). Each layer's ``last_loss`` is its own mean, as in the per-layer path; only the
     draws differ. Groups are scored in the order of ``layers`` (execution order, as
     ``denoise_layers`` gives them), so a seed fixes the draws. The token-index draws the
     layers shared in that forward (:attr:`DenoiseLayer.shared_draws`) are released.
@@ -327,9 +338,10 @@ def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
             layer.shared_draws.clear()  # the next forward draws anew
         if layer._pending is not None:
             x0 = layer._pending
-            key = (tuple(x0.shape), x0.device, layer.loss)
+            key = (tuple(x0.shape), x0.device, layer.loss, layer.loss_dtype)
             groups.setdefault(key, []).append(layer)
-    for (_, device, kind), group in groups.items():
+    for (_, device, kind, _), group in groups.items():
+        low = group[0].in_autocast_dtype(device)
         with torch.autocast(device.type, enabled=False):
             xt = torch.stack([layer._pending for layer in group]).float()  # a fresh copy
             for layer in group:
@@ -337,10 +349,24 @@ def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
             eps = torch.randn_like(xt)
             a, b = _noise_coefficients(tuple(layer._noise for layer in group), device)
             xt.mul_(a).addcmul_(b, eps)  # x_t = a x_0 + b eps, in place: no group-sized temporaries
-            # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
-            maps = zip(xt.unbind(), group, strict=True)
-            pred = torch.stack([apply_channel_map(x, m.D.float()) for x, m in maps])
+        # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
+        maps = zip(xt.unbind(), group, strict=True)
+        pred = torch.stack([predict_noise(x, m.D, low) for x, m in maps])
+        with torch.autocast(device.type, enabled=False):
             losses = _score(pred, eps, kind, dim=(1, 2))
         for layer, loss in zip(group, losses.unbind(), strict=True):
             layer.last_loss = loss
-            layer.precision["D·x_t"] = pred.dtype
+            layer.precision["D·x_t"] = _product_dtype(device, low)
+
+
+def predict_noise(xt: torch.Tensor, D: torch.Tensor, low: bool) -> torch.Tensor:
+    """D·x_t on the last dimension of ``xt``, returned in float32: with ``low`` a GEMM in the
+    current autocast dtype (called under autocast), else in float32 with autocast off."""
+    if low:
+        return apply_channel_map(xt, D).float()
+    with torch.autocast(xt.device.type, enabled=False):
+        return apply_channel_map(xt, D.float())
+
+
+def _product_dtype(device: torch.device, low: bool) -> torch.dtype:
+    return torch.get_autocast_dtype(device.type) if low else torch.float32
