@@ -1,5 +1,7 @@
 """Every shipped config loads into its command's Config; the paper settings fail on missing data
-in one line that names the folder (they run as soon as the data and weights are present)."""
+in one line that names the folder (they run as soon as the data and weights are present) and
+cap the noise regression's tokens (with all of them, at full resolution, the float32 regression
+alone costs about a ViT-B baseline step: docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -66,3 +68,10 @@ def test_paper_settings_name_their_missing_data(name, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and PAPER[name] in err, err
     assert not (tmp_path / "runs").exists()  # nothing created for a run that could not start
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_settings_cap_the_noise_regression(name):
+    module = importlib.import_module(COMMANDS[COMMAND_OF[name]][0])
+    cfg = load_task_config(module.Config, CONFIGS / f"{name}.yaml", [], None)
+    assert cfg.denoise.loss_tokens == 256
