@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 import denoiserep as dr
 from denoiserep import cli
@@ -48,7 +49,7 @@ class BrokenImages:
 
 def fake_run(cfg: FakeConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Like the pipelines before the rewrite: the folder is prepared, then the model fails."""
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
+    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite, type(cfg))
     if cfg.model != "tiny":
         raise ValueError(f"unknown model {cfg.model!r}")
     if cfg.fail_in_worker:
@@ -148,6 +149,21 @@ def test_the_output_path_is_not_part_of_the_run(tmp_path, capsys, fake_cli, monk
     capsys.readouterr()
     err = one_line_error(capsys, ["fake", "--output", "moved", "finetune.epochs=4"])
     assert "holds a different run (config differs in: finetune.epochs)" in err
+
+
+def test_a_run_from_before_a_config_key_was_added_resumes(tmp_path, capsys, fake_cli):
+    out = tmp_path / "old"
+    assert main(["fake", "--output", str(out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["denoise"]["loss_dtype"]  # as a package without that key wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(RunFolderConflict, match=r"differs in: denoise.loss_dtype\)"):
+        prepare_run_folder(out, to_dict(FakeConfig(output=str(out))))  # no schema: a difference
+    assert main(["fake", "--output", str(out)]) == 0  # resumed: the key has its default
+    assert "loss_dtype" in yaml.safe_load((out / "config.yaml").read_text())["denoise"]
+    capsys.readouterr()
+    err = one_line_error(capsys, ["fake", "--output", str(out), "denoise.loss_dtype=autocast"])
+    assert "holds a different run (config differs in: denoise.loss_dtype)" in err
 
 
 # -- 3. a failed start claims nothing ---------------------------------------------------------

@@ -151,7 +151,7 @@ def _environment(device: torch.device, threads: int) -> dict[str, Any]:
 def run_bench(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run every measurement of ``cfg``; write results.json / results.md / bench.png."""
     device = resolve_device(cfg.device)
-    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite)
+    out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite, type(cfg))
     threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -185,7 +185,7 @@ def start_run(
     denoising = variants is not None or "denoiserep" in cfg.arms
     for finetune in schedules:
         check_training_plan(cfg.baseline, finetune, has_weights, denoiserep_arm=denoising)
-    run = open_run_folder(run_config.output, to_dict(run_config), overwrite)
+    run = open_run_folder(run_config.output, to_dict(run_config), overwrite, type(run_config))
     out = run.path
     runner = ArmRunner(
         cfg, task, out, lambda r: write(r, out), header, variants, progress, run.started

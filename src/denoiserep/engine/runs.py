@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from .config import from_dict, to_dict
 from .dist import barrier, is_main
 
 CONFIG = "config.yaml"
@@ -101,9 +102,20 @@ def _inspect(out: Path) -> str:
     return "foreign"
 
 
-def _saved_identity(out: Path) -> dict[str, Any]:
+def _saved_identity(out: Path, schema: type | None = None) -> dict[str, Any]:
+    """The identity of the run saved in ``out``. With ``schema`` (the run's config dataclass)
+    the saved config is read through it first, so that a key added to the package since the
+    run started counts as its default, not as a difference; a saved config the schema no
+    longer reads is compared as it is."""
     saved = _read_yaml(out / CONFIG)
-    return run_identity(saved) if isinstance(saved, dict) else {}
+    if not isinstance(saved, dict):
+        return {}
+    if schema is not None:
+        try:
+            saved = to_dict(from_dict(schema, saved))
+        except (TypeError, ValueError):
+            pass
+    return run_identity(saved)
 
 
 def _clear(out: Path) -> None:
@@ -208,11 +220,15 @@ class RunFolder:
             self.failed()
 
 
-def open_run_folder(out: str | Path, config: dict[str, Any], overwrite: bool = False) -> RunFolder:
+def open_run_folder(
+    out: str | Path, config: dict[str, Any], overwrite: bool = False, schema: type | None = None
+) -> RunFolder:
     """Prepare ``out`` for the run ``config`` (pending until ``started()``); see the module doc.
 
-    Raises :class:`RunFolderConflict` if ``out`` holds a started run of another configuration
-    (without ``overwrite``) or files that are not a run (always).
+    ``schema``, the dataclass ``config`` was made from, lets a run started by an older version
+    of the package resume although the package has added config keys since (with their
+    defaults). Raises :class:`RunFolderConflict` if ``out`` holds a started run of another
+    configuration (without ``overwrite``) or files that are not a run (always).
     """
     out = Path(out)
     identity = run_identity(config)
@@ -231,7 +247,7 @@ def open_run_folder(out: str | Path, config: dict[str, Any], overwrite: bool = F
                 "it is never replaced, not even with --overwrite: choose another output"
             )
         if found == STARTED:
-            previous = _saved_identity(out)
+            previous = _saved_identity(out, schema)
             if previous == identity and not overwrite:  # the same run (maybe moved): resume
                 _write(out / MARKER, yaml.safe_dump({"denoiserep_run": 1, "state": STARTED}))
                 _write(out / CONFIG, text)
@@ -248,7 +264,7 @@ def open_run_folder(out: str | Path, config: dict[str, Any], overwrite: bool = F
                 out.mkdir()
         elif found == PENDING:  # a run that never started: nobody's
             existed = False  # a failed start removes it
-            if overwrite or _saved_identity(out) != identity:
+            if overwrite or _saved_identity(out, schema) != identity:
                 _clear(out)
         else:
             existed = found == "empty"
@@ -263,14 +279,16 @@ def open_run_folder(out: str | Path, config: dict[str, Any], overwrite: bool = F
     return run
 
 
-def prepare_run_folder(out: str | Path, config: dict[str, Any], overwrite: bool = False) -> Path:
+def prepare_run_folder(
+    out: str | Path, config: dict[str, Any], overwrite: bool = False, schema: type | None = None
+) -> Path:
     """Older API: open ``out`` for ``config`` and return its path.
 
     Inside :func:`run_scope` the folder is claimed at the run's first checkpoint or when the
     scope ends without error, and given back as it was if the scope fails first; outside a
     scope it is claimed at once.
     """
-    run = open_run_folder(out, config, overwrite)
+    run = open_run_folder(out, config, overwrite, schema)
     if not _scopes:
         run.started()
     return run.path
