@@ -208,9 +208,9 @@ class DenoiseLayer(nn.Module):
             a, b = self._noise
             xt = a * x0 + b * eps
         pred = predict_noise(xt, self.D, low)
-        self.precision["D·x_t"] = _product_dtype(x.device, low)
+        self.precision["D·x_t"] = pred.dtype
         with torch.autocast(x.device.type, enabled=False):
-            return _score(pred, eps, self.loss)
+            return _score(pred.float(), eps, self.loss)
 
     def in_autocast_dtype(self, device: torch.device) -> bool:
         """Whether D·x_t runs in the autocast dtype now (``loss_dtype="autocast"`` and
@@ -353,20 +353,17 @@ def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
         maps = zip(xt.unbind(), group, strict=True)
         pred = torch.stack([predict_noise(x, m.D, low) for x, m in maps])
         with torch.autocast(device.type, enabled=False):
-            losses = _score(pred, eps, kind, dim=(1, 2))
+            losses = _score(pred.float(), eps, kind, dim=(1, 2))
         for layer, loss in zip(group, losses.unbind(), strict=True):
             layer.last_loss = loss
-            layer.precision["D·x_t"] = _product_dtype(device, low)
+            layer.precision["D·x_t"] = pred.dtype
 
 
 def predict_noise(xt: torch.Tensor, D: torch.Tensor, low: bool) -> torch.Tensor:
-    """D·x_t on the last dimension of ``xt``, returned in float32: with ``low`` a GEMM in the
-    current autocast dtype (called under autocast), else in float32 with autocast off."""
+    """D·x_t on the last dimension of ``xt``: with ``low`` a GEMM in the current autocast
+    dtype (called under autocast; float32 accumulation), else in float32 with autocast off.
+    The result is in the dtype the product ran in."""
     if low:
-        return apply_channel_map(xt, D).float()
+        return apply_channel_map(xt, D)
     with torch.autocast(xt.device.type, enabled=False):
         return apply_channel_map(xt, D.float())
-
-
-def _product_dtype(device: torch.device, low: bool) -> torch.dtype:
-    return torch.get_autocast_dtype(device.type) if low else torch.float32
