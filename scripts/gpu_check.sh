@@ -14,6 +14,7 @@
 # progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
 # bench_batch_loss.md, bench_compile.md and results_json.tar.gz (every results.json so far):
 # 8 files, so that a device run that returns at most 8 files brings all of them back.
+# `python3 scripts/bench_summary.py $OUT/results_json.tar.gz` puts every run in one table.
 # Usage (repository root, no install needed): OUT=/some/dir bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
