@@ -1,6 +1,8 @@
 """Pool the seeds of several ``denoiserep ablate`` runs of one study (same config, disjoint
 seeds, e.g. ``experiment.seeds=[3,4,5]`` on a second run) and print, per arm and measure, the
-paired difference to the control over all seeds with its paired t-test p.
+paired difference to the control over all seeds with its paired t-test p. Any run whose
+``results.json`` has ``per_seed`` works (``denoiserep reid`` too: ``--measures mAP,...``);
+``--reference baseline`` compares with the baseline instead.
 
     .venv/bin/python scripts/pool_seeds.py RUN_DIR [RUN_DIR ...] [--measures acc1,mFA,...]
 """
@@ -32,20 +34,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--measures", default=MEASURES)
+    parser.add_argument("--reference", default="control", help="the arm compared with")
     args = parser.parse_args()
     seeds = pooled(args.runs)
     arms = [a for a in next(iter(seeds.values())) if all(a in s for s in seeds.values())]
     measures = args.measures.split(",")
     names = ", ".join(sorted(seeds, key=int))
-    print(f"{len(seeds)} seeds ({names}); paired difference to the control (p)")
+    ref = args.reference
+    if ref not in arms:
+        raise SystemExit(f"no arm {ref!r} in every seed; arms: {', '.join(arms)}")
+    print(f"{len(seeds)} seeds ({names}); paired difference to the {ref} (p)")
     print("| arm | " + " | ".join(measures) + " |")
     print("| --- " * (len(measures) + 1) + "|")
-    cells = {arm: [] for arm in arms if arm != "control"}
+    cells = {arm: [] for arm in arms if arm != ref}
     order = sorted(seeds)
     for m in measures:
-        control = [seeds[s]["control"][m] for s in order]
+        reference = [seeds[s][ref][m] for s in order]
         for arm in cells:
-            cells[arm].append(paired_cell([seeds[s][arm][m] for s in order], control))
+            cells[arm].append(paired_cell([seeds[s][arm][m] for s in order], reference))
     for arm, row in cells.items():
         print(f"| {arm} | " + " | ".join(row) + " |")
 
