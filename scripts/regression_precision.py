@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from seed_study import run_seeds, saved_model
 from torch import nn
 
 import denoiserep as dr
+from denoiserep.bench.training import profile_step
 from denoiserep.core.diagnostics import layer_inputs
 
 
@@ -160,11 +162,8 @@ def timing(repeats: int = 5) -> None:
         ms = (time.perf_counter() - start) / repeats * 1e3
         print(f"loss_dtype={loss_dtype}: {ms:.0f} ms per step (50 layers, forward + backward)")
     for loss_dtype in ("float32", "autocast"):  # where the time goes: matmuls against casts
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            step(loss_dtype)
-        ops = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
-        ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:3]
-        top = ", ".join(f"{name} {ms:.0f} ms" for name, ms in ranked)
+        profiled = profile_step(functools.partial(step, loss_dtype), torch.device("cpu"), 3)
+        top = ", ".join(f"{op['op']} {op['self_ms']:.0f} ms" for op in profiled["top_ops"])
         print(f"loss_dtype={loss_dtype}, one profiled step: {top}")
 
 
