@@ -323,6 +323,86 @@ class SharedNet(nn.Module):
         return self.fc(self.fc(x))
 
 
+class TiedNet(nn.Module):
+    """``b`` shares ``a``'s weight; ``head`` shares the embedding's (a tied LM head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.emb = nn.Embedding(8, 8)
+        self.out = nn.Linear(8, 3)
+        self.b.weight = self.a.weight
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(self.head(self.b(self.a(x).relu()).relu()))
+
+
+def test_tied_weights_are_refused_by_name_or_skipped_by_kind():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match=r"a\.weight \(= b\.weight\).*tied weights"):
+        dr.convert(TiedNet(), dr.DenoiseConfig(targets=["a", "out"]), x)
+    with pytest.raises(ValueError, match=r"^target\(s\) head\.weight \(= emb\.weight\) share"):
+        dr.convert(TiedNet(), dr.DenoiseConfig(targets=["head"]), x)
+    with pytest.raises(ValueError, match=r"b\.weight \(= a\.weight\)"):
+        dr.convert(TiedNet(), dr.DenoiseConfig(targets=["b"]), x)  # tied to a layer left plain
+    with pytest.warns(UserWarning, match=r"skips 3 layer\(s\) whose weight is tied.*: a, b, head"):
+        model = dr.convert(TiedNet(), dr.DenoiseConfig(), x)
+    assert list(dr.denoise_layers(model)) == ["out"]
+
+
+def test_layers_that_cannot_be_denoised_are_skipped_when_targets_name_a_kind(tmp_path):
+    # nn.MultiheadAttention reads out_proj.weight itself and never calls out_proj's forward
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    x = torch.randn(3, 5, 16)
+    with pytest.warns(UserWarning, match=r"skips 2 layer\(s\) whose forward is never called"):
+        model = dr.convert(model, dr.DenoiseConfig(), x[:1])
+    names = ["layers.0.linear1", "layers.0.linear2", "layers.1.linear1", "layers.1.linear2"]
+    assert list(dr.denoise_layers(model)) == names
+    assert [layer.t for layer in dr.denoise_layers(model).values()] == [4, 3, 2, 1]
+    randomize_denoisers(model)
+    model.eval()
+    torch.testing.assert_close(dr.fuse(model)(x), model(x), rtol=1e-5, atol=1e-6)
+    dr.save_converted(model, tmp_path)
+    fresh = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    restored = dr.load_converted(fresh, tmp_path).eval()
+    assert torch.equal(restored(x), model(x))
+    # called twice: skipped, not an error; with nothing left, the error says so
+    no_target = pytest.raises(ValueError, match="no target")
+    with pytest.warns(UserWarning, match=r"fc \(2x\)"), no_target:
+        dr.convert(SharedNet(), dr.DenoiseConfig(exclude=["unused"]), x[0, :, :4])
+
+
+class AliasNet(nn.Module):
+    """One Linear registered under two names (``alias`` is what forward calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.alias = self.fc
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.alias(x).relu())
+
+
+def test_module_registered_twice_is_converted_and_fused_at_both_names():
+    x = torch.randn(4, 8)
+    model = dr.convert(AliasNet(), dr.DenoiseConfig(), x[:2])
+    assert model.fc is model.alias and isinstance(model.alias, dr.DenoiseLayer)
+    randomize_denoisers(model)
+    model.train()
+    model(x)
+    assert set(dr.denoise_losses(model)) == {"fc", "head"}  # the denoiser runs via the alias
+    model.eval()
+    fused = dr.fuse(model)
+    assert fused.fc is fused.alias and isinstance(fused.alias, nn.Linear)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
+    fresh = AliasNet()
+    fresh.load_state_dict(fused.state_dict())
+    assert torch.equal(fresh(x), fused(x))
+
+
 def test_convert_errors():
     x = torch.randn(2, 4)
     with pytest.raises(ValueError, match=r"fc \(2x\) run more than once"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import timm
@@ -11,6 +12,15 @@ import torchvision
 
 import denoiserep as dr
 from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
+
+
+def _tv_vit() -> torch.nn.Module:
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    model.heads.head = torch.nn.Linear(32, 10)  # torchvision zero-initialises its head
+    return model
+
 
 MODELS = {
     "timm_vit_tiny": lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10),
@@ -21,8 +31,14 @@ MODELS = {
     "timm_convnext_atto": lambda: timm.create_model("convnext_atto", num_classes=10),
     "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
     "tv_mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+    # layers whose forward is never called (EVA's qkv: F.linear with its own bias; torchvision's
+    # nn.MultiheadAttention out_proj) are skipped with a warning; the rest must fuse exactly
+    "timm_eva02_tiny": lambda: timm.create_model(
+        "eva02_tiny_patch14_224", img_size=28, depth=2, num_classes=10
+    ),
+    "tv_vit": lambda: _tv_vit(),
 }
-INPUT_SIZE = {"timm_vit_tiny": 32, "timm_swin_tiny": 64}
+INPUT_SIZE = {"timm_vit_tiny": 32, "timm_swin_tiny": 64, "timm_eva02_tiny": 28}
 # float64 depthwise convolutions take minutes on CPU: those models are checked in float32 only.
 FLOAT64 = ["timm_vit_tiny", "timm_swin_tiny", "timm_resnet18", "tv_resnet18"]
 CASES = [(n, torch.float32, 1e-5) for n in MODELS] + [(n, torch.float64, 1e-10) for n in FLOAT64]
@@ -34,7 +50,9 @@ def test_fused_equals_reference(name, dtype, tol):
     original = MODELS[name]().to(dtype).eval()
     size = INPUT_SIZE.get(name, 32)
     x = torch.randn(2, 3, size, size, dtype=dtype)
-    converted = dr.convert(copy.deepcopy(original), dr.DenoiseConfig(targets="all"), x)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "DenoiseRep skips")
+        converted = dr.convert(copy.deepcopy(original), dr.DenoiseConfig(targets="all"), x)
     randomize_denoisers(converted, strength=0.1)
     fused = dr.fuse(converted).eval()
 

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import fnmatch
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +75,7 @@ def select_targets(
         chosen = {n: m for n, m in modules.items() if isinstance(m, kinds)}
         skipped = [n for n, m in chosen.items() if not is_supported(m)]
         if skipped:
-            warnings.warn(
-                f"DenoiseRep skips {len(skipped)} layer(s) whose class overrides forward "
-                f"(fusion would not be exact): {', '.join(skipped[:8])}",
-                stacklevel=3,
-            )
+            _warn_skipped("whose class overrides forward (fusion would not be exact)", skipped)
         chosen = {n: m for n, m in chosen.items() if n not in skipped}
         if config.targets == "main_path":
             on_path = main_path(model, chosen, example_input)
@@ -108,18 +104,64 @@ def select_targets(
             chosen.update(wrappable)
         chosen = {n: m for n, m in modules.items() if n in chosen}
     chosen = {n: m for n, m in chosen.items() if not _excluded(n, config.exclude)}
+    tied = _tied_weights(model, chosen)
+    if tied and _by_kind(config):
+        _warn_skipped("whose weight is tied to another parameter (fusion would untie it)", tied)
+        chosen = {n: m for n, m in chosen.items() if n not in tied}
+    elif tied:
+        raise ValueError(
+            f"target(s) {'; '.join(f'{n}.weight (= {o})' for n, o in tied.items())} share their "
+            "weight (tied weights); fusion gives each target its own W·A_t, so the tie cannot "
+            "survive it: exclude them with DenoiseConfig(exclude=[...])"
+        )
     if not chosen:
         raise ValueError(f"no layer of {type(model).__name__} matches targets={config.targets!r}")
     return chosen
 
 
+def _by_kind(config: DenoiseConfig) -> bool:
+    """Targets named by kind ("all", "linear", ...): layers that cannot be denoised are skipped."""
+    return isinstance(config.targets, str) and config.targets in _KIND_TYPES
+
+
+def _warn_skipped(why: str, names: Iterable[str]) -> None:
+    names = list(names)
+    warnings.warn(
+        f"DenoiseRep skips {len(names)} layer(s) {why}: {', '.join(names[:8])}"
+        + (", ..." if len(names) > 8 else ""),
+        stacklevel=4,
+    )
+
+
+def _tied_weights(model: nn.Module, targets: dict[str, nn.Module]) -> dict[str, str]:
+    """Targets whose weight another module also holds (name -> the other holders).
+
+    Fusion gives each target its own W·A_t, so a tie cannot survive it: the fused model would
+    compute correctly, but loading its state dict into a fresh (re-tied) model would silently
+    keep only one of the fused weights.
+    """
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}  # parameter -> (module, qualified name)
+    for path, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append((module, f"{path}.{pname}".lstrip(".")))
+    tied = {}
+    for n, m in targets.items():
+        # the same module registered at several paths stays one module when fused: not a tie
+        others = [q for owner, q in owners.get(id(m.weight), ()) if owner is not m]
+        if others:
+            tied[n] = ", ".join(others)
+    return tied
+
+
 def execution_order(
-    model: nn.Module, targets: dict[str, nn.Module], example_input: Any
+    model: nn.Module, targets: dict[str, nn.Module], example_input: Any, skip: bool = False
 ) -> list[str]:
     """Names of ``targets`` in the order a forward on ``example_input`` first calls them.
 
     The forward runs in eval mode without gradients, and every module's mode is restored after.
-    A target called more than once (shared weights) or never is an error naming it.
+    A target called more than once (shared weights) or never (e.g. ``nn.MultiheadAttention``'s
+    ``out_proj``, whose weight the attention reads directly) is an error naming it, or, with
+    ``skip``, left out of the order with a warning.
     """
     calls = dict.fromkeys(targets, 0)
     order: list[str] = []
@@ -141,13 +183,19 @@ def execution_order(
         for h in handles:
             h.remove()
     repeated = [f"{n} ({c}x)" for n, c in calls.items() if c > 1]
+    never = [n for n, c in calls.items() if c == 0]
+    if skip:
+        if repeated:
+            _warn_skipped("that run more than once per forward (one timestep each)", repeated)
+        if never:
+            _warn_skipped("whose forward is never called on example_input", never)
+        return [n for n in order if calls[n] == 1]
     if repeated:
         raise ValueError(
             f"layer(s) {', '.join(repeated)} run more than once per forward (shared weights?); "
             "DenoiseRep gives each layer one timestep: "
             "exclude them with DenoiseConfig(exclude=[...])"
         )
-    never = [n for n, c in calls.items() if c == 0]
     if never:
         raise ValueError(
             f"layer(s) {', '.join(never)} never run on example_input (their module's forward is "
@@ -159,7 +207,9 @@ def execution_order(
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     """Swap ``old`` for ``new`` at every path where ``old`` is registered."""
     for module in list(model.modules(remove_duplicate=False)):
-        for child_name, child in list(module.named_children()):
+        # ``_modules`` rather than ``named_children()``, which lists a module once however many
+        # names it is registered under
+        for child_name, child in list(module._modules.items()):
             if child is old:
                 setattr(module, child_name, new)
 
@@ -186,15 +236,19 @@ def convert(
         raise ValueError(
             "model is already converted; convert the original model, or fuse() this one"
         )
-    if timesteps is not None and config.targets == "main_path":  # restoring: names are known
-        every = select_targets(model, dataclasses.replace(config, targets="all"))
+    if timesteps is not None and _by_kind(config):  # restoring: the saved names are the targets
+        kind = "all" if config.targets == "main_path" else config.targets
+        every = select_targets(model, dataclasses.replace(config, targets=kind))
         targets = {n: m for n, m in every.items() if n in timesteps}
     else:
         targets = select_targets(model, config, example_input)
     if timesteps is None:
         if example_input is None:
             raise ValueError("convert() needs example_input to order the layers by execution")
-        order = execution_order(model, targets, example_input)
+        order = execution_order(model, targets, example_input, skip=_by_kind(config))
+        if not order:
+            raise ValueError(f"no target layer of {type(model).__name__} runs on example_input")
+        targets = {n: targets[n] for n in order}
         n = len(order)
         timesteps = {name: config.timestep_stride * (n - k) for k, name in enumerate(order)}
     elif set(timesteps) != set(targets):
