@@ -8,7 +8,9 @@
 #      scored in groups: fewer kernel launches), against the per-layer rows of step 2, then its
 #      denoiser and joint steps with `train.denoiser_optimizer=adafactor` (less memory), then
 #      with `denoise.loss_dtype=autocast` (D·x_t on the tensor cores in bf16 instead of float32),
-#      all in bench_batch_loss.md;
+#      then the joint step with torch's default (foreach) AdamW instead of the fused kernel that
+#      the bench uses (last: what does not fit the step's limit is lost first), all in
+#      bench_batch_loss.md;
 #   4. the joint training step under torch.compile (ViT-B/16).
 # Each step has its own time limit (580 s in all) and writes to $OUT as it finishes:
 # progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
@@ -58,10 +60,14 @@ levers() {
         "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
         train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
         denoise.loss_dtype=autocast export=false --no-progress
+    "$PY" -m denoiserep bench --output "$WORK/bench_unfused" device=cuda bf16=true \
+        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[joint]" \
+        train.fused_optimizer=false memory=false export=false --no-progress
 }
 export -f levers
 export PY WORK
-run_step "bench vit_base_patch16_224: batch_loss, D with Adafactor, D·x_t in bf16" 125 \
+run_step "bench vit_base_patch16_224: batch_loss, D with Adafactor, D·x_t in bf16, unfused AdamW" 125 \
     "$OUT/bench_batch_loss.md" bash -c levers
 pack_json
 run_step "bench vit_base_patch16_224, joint step under torch.compile" 110 "$OUT/bench_compile.md" \

@@ -71,7 +71,10 @@ def test_paper_settings_name_their_missing_data(name, tmp_path, monkeypatch, cap
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_paper_settings_cap_the_noise_regression(name):
+def test_paper_settings_cap_the_noise_regression_and_fuse_the_optimizer(name):
     module = importlib.import_module(COMMANDS[COMMAND_OF[name]][0])
     cfg = load_task_config(module.Config, CONFIGS / f"{name}.yaml", [], None)
     assert cfg.denoise.loss_tokens == 256
+    assert cfg.finetune.fused_optimizer and cfg.baseline.fused_optimizer == (
+        cfg.baseline.epochs > 0  # a pretrained baseline is not trained
+    )

@@ -138,3 +138,26 @@ def test_factored_denoisers_learn_the_noise_regression_as_well_as_adamw():
         losses[name] = sum(trace[-50:]) / 50
         assert losses[name] < 0.5 * sum(trace[:10]) / 10  # it learned
     assert losses["adafactor"] < 1.02 * losses["same"], losses
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_kernel_equals_the_unfused_one_up_to_rounding(name):
+    models, optimizers = [], []
+    for fused in (True, False):
+        model = mlp()
+        optimizer = build_optimizer(model, name, 1e-2, 0.05, fused=fused)
+        assert all(g["fused"] is (True if fused else None) for g in optimizer.param_groups)
+        run_steps(model, optimizer, steps=5)
+        models.append(model)
+        optimizers.append(optimizer)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a checkpoint of one implementation resumes in the other
+    optimizers[1].load_state_dict(optimizers[0].state_dict())
+    run_steps(models[1], optimizers[1], steps=1)
+    # where a parameter is not on a CPU / CUDA device, torch's default kernel
+    meta = build_optimizer(mlp().to("meta"), name, 1e-2, 0.0, fused=True)
+    assert meta.param_groups[0]["fused"] is None
+    assert build_optimizer(mlp(), name, 1e-2, 0.0).param_groups[0]["fused"] is None  # default
+    assert not TrainConfig().fused_optimizer and TrainConfig(fused_optimizer="true").fused_optimizer

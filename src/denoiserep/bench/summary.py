@@ -58,6 +58,8 @@ def levers(config: Mapping[str, Any]) -> str:
         on.append(f"D·x_t: {denoise['loss_dtype']}")
     if train.get("denoiser_optimizer", "same") != "same":
         on.append(f"D: {train['denoiser_optimizer']}")
+    if train.get("fused_optimizer") is False:  # runs before the key existed were unfused too
+        on.append("AdamW unfused")
     if train.get("compile"):
         on.append("compiled")
     return ", ".join(on) or "default"

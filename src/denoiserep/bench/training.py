@@ -38,7 +38,12 @@ def train_step(
     ``compiled``: the forward runs through ``torch.compile(model)``."""
     tc = cfg.train
     optimizer = optimizer or build_optimizer(
-        model, "adamw", tc.lr, tc.weight_decay, denoiser_optimizer=tc.denoiser_optimizer
+        model,
+        "adamw",
+        tc.lr,
+        tc.weight_decay,
+        denoiser_optimizer=tc.denoiser_optimizer,
+        fused=tc.fused_optimizer,
     )
     lam = cfg.denoise.loss_weight
     runner = torch.compile(model) if compiled else model
@@ -174,6 +179,7 @@ def training_cost(
         "variants": rows,
         "denoiser_params": sum(p.numel() for p in d_params),
         "denoiser_optimizer": tc.denoiser_optimizer,
+        "fused_optimizer": tc.fused_optimizer,
     }
     trains_d = [steps[p] for p in ("joint", "denoiser") if p in steps]
     if trains_d:

@@ -120,12 +120,19 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     denoiser_optimizer: str = "same",
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on biases, norms (1-D tensors) or denoisers.
 
     ``denoiser_optimizer="adafactor"``: the denoisers' D go to their own Adafactor at the same
     learning rate (its update is clipped to RMS 1, as Adam's is about), and the result is an
     :class:`OptimizerChain` of the two.
+    ``fused``: torch's fused AdamW / SGD kernel (one pass over each parameter) where every
+    parameter is a floating-point CPU or CUDA tensor, else torch's default implementation (on
+    CPU a loop of about ten elementwise operations per parameter, on CUDA ``foreach``). D
+    multiplies the parameters to step (ViT-S: 56 M against 22 M): one AdamW step of a converted
+    ViT-S on one CPU thread took 309 ms unfused and 53 ms fused (``scripts/optimizer_step.py``).
+    The two round differently in the last bits, which changes a trained model's last digits.
     """
     check_optimizer_names(name, denoiser_optimizer)
     root = dr.unwrap(model)
@@ -141,13 +148,21 @@ def build_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    kernel = {"fused": True} if fused and _fusable(decay + no_decay) else {}
     if name == "adamw":
-        main: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr)
+        main: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr, **kernel)
     else:
-        main = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        main = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, **kernel)
     if not own:
         return main
     return OptimizerChain(main, factored_optimizer(d_params, lr))
+
+
+def _fusable(params: list[nn.Parameter]) -> bool:
+    """Whether torch's fused optimizer kernels take every one of ``params``."""
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
 
 
 def factored_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
