@@ -248,7 +248,8 @@ def convert(
         order = execution_order(model, targets, example_input, skip=_by_kind(config))
         if not order:
             raise ValueError(f"no target layer of {type(model).__name__} runs on example_input")
-        targets = {n: targets[n] for n in order}
+        ran = set(order)  # the skipped go
+        targets = {n: m for n, m in targets.items() if n in ran}
         n = len(order)
         timesteps = {name: config.timestep_stride * (n - k) for k, name in enumerate(order)}
     elif set(timesteps) != set(targets):
