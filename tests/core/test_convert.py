@@ -351,7 +351,7 @@ def test_tied_weights_are_refused_by_name_or_skipped_by_kind():
     assert list(dr.denoise_layers(model)) == ["out"]
 
 
-def test_layers_that_cannot_be_denoised_are_skipped_when_targets_name_a_kind(tmp_path):
+def test_layers_that_cannot_be_denoised_are_skipped_when_targets_name_a_kind(tmp_path, monkeypatch):
     # nn.MultiheadAttention reads out_proj.weight itself and never calls out_proj's forward
     model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
     x = torch.randn(3, 5, 16)
@@ -362,7 +362,16 @@ def test_layers_that_cannot_be_denoised_are_skipped_when_targets_name_a_kind(tmp
     assert [layer.t for layer in dr.denoise_layers(model).values()] == [4, 3, 2, 1]
     randomize_denoisers(model)
     model.eval()
-    torch.testing.assert_close(dr.fuse(model)(x), model(x), rtol=1e-5, atol=1e-6)
+    fused = dr.fuse(model)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
+    calls, forward = [], dr.DenoiseLayer.forward
+    monkeypatch.setattr(
+        dr.DenoiseLayer, "forward", lambda self, x: calls.append(1) or forward(self, x)
+    )
+    with torch.no_grad():  # the inference fast path reads linear1.weight itself: the fused one
+        assert torch.equal(model(x), fused(x))
+    assert not calls, "the fast path did not run"
+    monkeypatch.undo()
     dr.save_converted(model, tmp_path)
     fresh = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
     restored = dr.load_converted(fresh, tmp_path).eval()

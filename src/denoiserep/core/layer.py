@@ -102,9 +102,13 @@ class DenoiseLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's (unfused) weight, for code that reads ``layer.weight.dtype`` or its
-        shape (e.g. transformers' ViT casts its input to the patch projection's dtype)."""
-        return self.base_layer.weight
+        """The weight the layer computes with, for code that reads it instead of calling the
+        layer: in training the base layer's W (its dtype and shape, e.g. for transformers' ViT,
+        which casts its input to the patch projection's dtype); in eval the fused W A_t, so that
+        such code computes what the fused model does (``nn.TransformerEncoderLayer``'s inference
+        fast path multiplies by ``linear1.weight`` itself; also under ``explicit_denoising``,
+        which only this layer's own forward can apply)."""
+        return self.base_layer.weight if self.training else self._exact_fused_weight()
 
     @property
     def bias(self) -> torch.Tensor | None:
