@@ -454,6 +454,21 @@ def test_overridden_forward_is_skipped_or_rejected():
         dr.convert(copy.deepcopy(net), dr.DenoiseConfig(targets=["0"]), x)
 
 
+@pytest.mark.parametrize("parametrization", ["weight_norm", "spectral_norm"])
+def test_parametrized_weight_is_skipped_or_rejected(parametrization):
+    wrap = getattr(torch.nn.utils.parametrizations, parametrization)
+    net = nn.Sequential(wrap(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with pytest.warns(UserWarning, match=r"skips 1 layer\(s\) whose weight is parametrized"):
+        model = dr.convert(copy.deepcopy(net), dr.DenoiseConfig(targets="all"), x)
+    assert list(dr.denoise_layers(model)) == ["2"]
+    randomize_denoisers(model)
+    model.eval()
+    torch.testing.assert_close(dr.fuse(model)(x), model(x))  # fusing no longer fails
+    with pytest.raises(ValueError, match=r"matches 0 \(ParametrizedLinear\), whose weight is"):
+        dr.convert(copy.deepcopy(net), dr.DenoiseConfig(targets=["0"]), x)
+
+
 def test_autocast_bf16_training_step():
     model = converted()
     dr.set_phase(model, "joint")

@@ -15,7 +15,14 @@ from torch import nn
 
 from .config import DenoiseConfig
 from .forward import call, modes_restored
-from .layer import PHASES, SUPPORTED_TYPES, DenoiseLayer, compute_pending_losses, is_supported
+from .layer import (
+    PHASES,
+    SUPPORTED_TYPES,
+    DenoiseLayer,
+    compute_pending_losses,
+    is_supported,
+    unsupported_reason,
+)
 from .main_path import main_path
 
 _STATE = "_denoiserep"
@@ -73,10 +80,10 @@ def select_targets(
     if isinstance(config.targets, str) and config.targets in _KIND_TYPES:
         kinds = _KIND_TYPES[config.targets]
         chosen = {n: m for n, m in modules.items() if isinstance(m, kinds)}
-        skipped = [n for n, m in chosen.items() if not is_supported(m)]
-        if skipped:
-            _warn_skipped("whose class overrides forward (fusion would not be exact)", skipped)
-        chosen = {n: m for n, m in chosen.items() if n not in skipped}
+        reasons = {n: unsupported_reason(m) for n, m in chosen.items()}
+        for why in dict.fromkeys(r for r in reasons.values() if r):
+            _warn_skipped(why, [n for n, r in reasons.items() if r == why])
+        chosen = {n: m for n, m in chosen.items() if not reasons[n]}
         if config.targets == "main_path":
             on_path = main_path(model, chosen, example_input)
             chosen = {n: chosen[n] for n in on_path}
@@ -92,8 +99,7 @@ def select_targets(
             if bad:
                 raise ValueError(
                     f"target pattern {pattern!r} matches {bad[0]} "
-                    f"({type(modules[bad[0]]).__name__}), "
-                    "whose class overrides forward: its fusion would not be exact"
+                    f"({type(modules[bad[0]]).__name__}), {unsupported_reason(modules[bad[0]])}"
                 )
             if not wrappable:
                 examples = [n for n, m in modules.items() if is_supported(m)][:6]
