@@ -51,7 +51,7 @@ class Mutant:
 
 
 MUTANTS = [
-    # -- the noise-prediction objective (core/layer.py, core/schedule.py) ---------------------
+    # -- the noise-prediction objective (core/layer.py, objective.py, schedule.py) ----------
     Mutant(
         "noise_coefficients returns (1, 0)",
         "core/schedule.py",
@@ -68,49 +68,49 @@ MUTANTS = [
     ),
     Mutant(
         "l1 computed as mse",
-        "core/layer.py",
+        "core/objective.py",
         'if kind == "l1":\n        return mean(F.l1_loss)',
         'if kind == "l1":\n        return mean(F.mse_loss)',
         LOSS_KINDS,
     ),
     Mutant(
         "l1+l2 computed as l1",
-        "core/layer.py",
+        "core/objective.py",
         "return mean(F.l1_loss) + mean(F.mse_loss)",
         "return mean(F.l1_loss)",
         LOSS_KINDS,
     ),
     Mutant(
         "mse computed as l1",
-        "core/layer.py",
+        "core/objective.py",
         'if kind == "mse":\n        return mean(F.mse_loss)',
         'if kind == "mse":\n        return mean(F.l1_loss)',
         LOSS_KINDS,
     ),
     Mutant(
         "denoiser applied transposed (D^T x_t)",
-        "core/layer.py",
-        "pred = apply_channel_map(a * x0 + b * eps, self.D.float())",
-        "pred = apply_channel_map(a * x0 + b * eps, self.D.float().T)",
+        "core/objective.py",
+        "return apply_channel_map(xt, D.float())",
+        "return apply_channel_map(xt, D.float().T)",
         LOSS_KINDS,
     ),
     Mutant(
         "batch_loss: noise coefficients swapped",
-        "core/layer.py",
+        "core/objective.py",
         "a, b = _noise_coefficients(",
         "b, a = _noise_coefficients(",
         BATCH_LOSS,
     ),
     Mutant(
         "batch_loss: each layer scored with another layer's D",
-        "core/layer.py",
+        "core/objective.py",
         "maps = zip(xt.unbind(), group, strict=True)",
         "maps = zip(xt.unbind(), group[::-1], strict=True)",
         BATCH_LOSS,
     ),
     Mutant(
         "batch_loss: shared token draws never released (every step samples the same tokens)",
-        "core/layer.py",
+        "core/objective.py",
         "layer.shared_draws.clear()  # the next forward draws anew",
         "pass",
         BATCH_LOSS,
@@ -234,7 +234,7 @@ MUTANTS = [
     Mutant(
         "optimizer state not restored on resume",
         "engine/checkpoint.py",
-        'optimizer.load_state_dict(state["optimizer"])',
+        'load_optimizer_state(optimizer, state["optimizer"])',
         "pass",
         KILL,
     ),

@@ -57,6 +57,7 @@ def test_levers_and_bad_input(tmp_path):
     assert levers(config) == "targets: main_path, D: adafactor, compiled"
     assert levers({"denoise": {"loss_tokens": 0}}) == "loss_tokens: all"
     assert levers({"train": {"fused_optimizer": False}}) == "AdamW unfused"
+    assert levers({"train": {"grad_checkpointing": True}}) == "checkpointed"
     with pytest.raises(FileNotFoundError, match="no results.json in"):
         load_runs(tmp_path)
     script = [sys.executable, str(ROOT / "scripts/bench_summary.py"), str(tmp_path)]

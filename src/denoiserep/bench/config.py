@@ -27,6 +27,8 @@ class TrainBenchConfig:
     ``denoiser_optimizer``: as the trainer's (``same``: D in the AdamW of the backbone).
     ``fused_optimizer``: torch's fused AdamW kernel, as the GPU configs train (the trainer's
     default is off, for bit-for-bit reproduction of earlier figures).
+    ``grad_checkpointing``: every variant (the baseline too) recomputes its activations in
+    backward (timm's ``set_grad_checkpointing``).
     """
 
     enabled: bool = True
@@ -40,6 +42,7 @@ class TrainBenchConfig:
     fused_optimizer: bool = True
     profile_top: int = 0
     compile: bool = False
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         from denoiserep.engine.optim import check_optimizer_names

@@ -62,6 +62,8 @@ def levers(config: Mapping[str, Any]) -> str:
         on.append("AdamW unfused")
     if train.get("compile"):
         on.append("compiled")
+    if train.get("grad_checkpointing"):
+        on.append("checkpointed")
     return ", ".join(on) or "default"
 
 

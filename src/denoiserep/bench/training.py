@@ -15,6 +15,7 @@ from torch.autograd import DeviceType
 
 import denoiserep as dr
 from denoiserep.engine.optim import build_optimizer
+from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
 
 from .config import MB, BenchConfig
 from .flops import flops_by_dtype
@@ -132,6 +133,9 @@ def training_cost(
     for phase in tc.phases:
         models[phase] = copy.deepcopy(converted)
         dr.set_phase(models[phase], phase)
+    if tc.grad_checkpointing:
+        for model in models.values():
+            enable_grad_checkpointing(model)
     steps: dict[str, tuple[Step, torch.optim.Optimizer, nn.Module]] = {}
     rows: dict[str, dict[str, Any]] = {}
     with tick("train warm-up and FLOPs"):

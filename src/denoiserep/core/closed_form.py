@@ -83,7 +83,7 @@ def fit_denoisers(
     finally:
         for name, layer in layers.items():
             layer.phase = phases[name]
-            layer.last_loss = layer._pending = None
+            layer.last_loss = layer._pending = layer._deferred = None
             if layer.shared_draws is not None:
                 layer.shared_draws.clear()
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -19,11 +19,11 @@ from .layer import (
     PHASES,
     SUPPORTED_TYPES,
     DenoiseLayer,
-    compute_pending_losses,
     is_supported,
     unsupported_reason,
 )
 from .main_path import main_path
+from .objective import compute_pending_losses
 
 _STATE = "_denoiserep"
 _KIND_TYPES = {
@@ -348,7 +348,7 @@ def denoise_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     """Per-layer noise-prediction losses of the last training forward (for logging).
 
     With ``DenoiseConfig.batch_loss`` the first call after a forward computes them (grouped,
-    :func:`~denoiserep.core.layer.compute_pending_losses`); later calls return the same tensors.
+    :func:`~denoiserep.core.objective.compute_pending_losses`); later calls return the same tensors.
     """
     layers = denoise_layers(model)
     compute_pending_losses(layers.values())

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import functools
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .fusion import apply_channel_map, fuse_weight, reverse_step_matrix, train_fused_weight
+from .objective import predict_noise, score
 from .schedule import NoiseSchedule
 
 PHASES = ("denoiser", "backbone", "joint")
@@ -43,8 +42,8 @@ class DenoiseLayer(nn.Module):
 
     * training, phase ``denoiser``: output of the original layer (bit for bit); D learns from
       the noise-prediction loss on the layer's detached input (``last_loss``; with
-      ``batch_loss`` the sampled input waits until :func:`compute_pending_losses` scores it
-      with its group's, at ``denoise_loss``).
+      ``batch_loss`` the sampled input waits until ``denoise_loss`` scores it with its group's:
+      :func:`~denoiserep.core.objective.compute_pending_losses`).
     * training, phase ``backbone`` / ``joint``: output of the fused layer W A_t, differentiable
       in W (and in D for ``joint``), computed in the autocast dtype when autocast is on
       (:func:`~denoiserep.core.fusion.train_fused_weight`); for layers that see few tokens
@@ -90,6 +89,9 @@ class DenoiseLayer(nn.Module):
         self.explicit = False
         self.last_loss: torch.Tensor | None = None
         self._pending: torch.Tensor | None = None  # sampled input awaiting its batched loss
+        # (x_t, eps, autocast dtype of D·x_t) of a forward run without gradients, scored
+        # with them by compute_pending_losses
+        self._deferred: tuple[torch.Tensor, torch.Tensor, torch.dtype | None] | None = None
         # token-index draws shared by the batch_loss layers of one model within a step (set by
         # convert; None: this layer draws its own)
         self.shared_draws: dict[tuple, torch.Tensor] | None = None
@@ -219,16 +221,33 @@ class DenoiseLayer(nn.Module):
         about 1 % of x_t. The product D·x_t is float32 too unless ``loss_dtype`` is
         ``"autocast"`` (:func:`predict_noise`).
         """
-        low = self.in_autocast_dtype(x.device)
+        xt, eps = self._noised(x)
+        return self._score_noised(xt, eps, self.in_autocast_dtype(x.device))
+
+    def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, eps) in float32 for the sampled tokens of the detached input."""
         with torch.autocast(x.device.type, enabled=False):
             x0 = self._tokens(x.detach()).float()
             eps = torch.randn_like(x0)
             a, b = self._noise
-            xt = a * x0 + b * eps
+            return a * x0 + b * eps, eps
+
+    def _score_noised(self, xt: torch.Tensor, eps: torch.Tensor, low: bool) -> torch.Tensor:
         pred = predict_noise(xt, self.D, low)
         self.precision["D·x_t"] = pred.dtype
-        with torch.autocast(x.device.type, enabled=False):
-            return _score(pred.float(), eps, self.loss)
+        with torch.autocast(xt.device.type, enabled=False):
+            return score(pred.float(), eps, self.loss)
+
+    def _score_deferred(self) -> None:
+        """Score the loss a forward without gradients left (see :meth:`_record_loss`), under
+        the autocast dtype it ran in."""
+        xt, eps, dtype = self._deferred
+        self._deferred = None
+        if dtype is None:
+            self.last_loss = self._score_noised(xt, eps, low=False)
+            return
+        with torch.autocast(xt.device.type, dtype=dtype):
+            self.last_loss = self._score_noised(xt, eps, low=True)
 
     def in_autocast_dtype(self, device: torch.device) -> bool:
         """Whether D·x_t runs in the autocast dtype now (``loss_dtype="autocast"`` and
@@ -276,25 +295,50 @@ class DenoiseLayer(nn.Module):
         return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._pending is not None and self.shared_draws:
-            self.shared_draws.clear()  # the last forward's losses were never scored: fresh draws
-        self.last_loss = self._pending = None
-        self.precision.clear()
+        recomputing = self.training and recomputing_in_backward()
+        if not recomputing:
+            if self._pending is not None and self.shared_draws:
+                self.shared_draws.clear()  # the last forward's losses were never scored
+            self.last_loss = self._pending = self._deferred = None
+            self.precision.clear()
         if not self.training:
             if self.explicit:
                 return self.base_layer(self.denoise_input(x))
             return self._base_forward(x, self._exact_fused_weight())
         if self.phase != "backbone":
-            if self.batch_loss:
-                self._pending = self._tokens(x.detach())  # scored by compute_pending_losses
-            else:
-                self.last_loss = self.noise_prediction_loss(x)
+            self._record_loss(x, recomputing)
         if self.phase == "denoiser":
             return self.base_layer(x)
         # the same layer output either way (exact algebra); compute the cheaper product
         if self.explicit_is_cheaper(x):
             return self.base_layer(self.train_denoise_input(x))
         return self._base_forward(x, self.train_weight())
+
+    def _record_loss(self, x: torch.Tensor, recomputing: bool) -> None:
+        """Score the noise prediction on this forward's input, or leave it for
+        ``denoise_loss`` to score with gradients
+        (:func:`~denoiserep.core.objective.compute_pending_losses`).
+
+        * ``batch_loss``: the sampled input waits, to be scored with its group's.
+        * gradients off while D trains: x_t and the noise are drawn now, as they would be, and
+          D·x_t waits. A re-entrant activation checkpoint (``use_reentrant=True``: timm's
+          ``set_reentrant_ckpt``; transformers 4's default) runs its block under ``no_grad``; a
+          loss scored there would never reach D.
+        * recomputed inside backward (checkpointing): the step's loss is kept. Without
+          ``batch_loss`` it is scored again and dropped, since a non-reentrant checkpoint
+          replays, in order, the tensors the first forward saved.
+        """
+        if self.batch_loss:
+            if not recomputing:
+                self._pending = self._tokens(x.detach())
+        elif not recomputing and not torch.is_grad_enabled() and self.D.requires_grad:
+            low = self.in_autocast_dtype(x.device)
+            dtype = torch.get_autocast_dtype(x.device.type) if low else None
+            self._deferred = (*self._noised(x), dtype)
+        else:
+            loss = self.noise_prediction_loss(x)
+            if not recomputing:
+                self.last_loss = loss
 
     def to_fused(self) -> nn.Module:
         """A new plain copy of the base layer with the denoising folded into its weight."""
@@ -305,83 +349,19 @@ class DenoiseLayer(nn.Module):
         return fused
 
     def __getstate__(self) -> dict:
-        # Copies and pickles drop the last loss (a graph node), the input awaiting its batched
-        # loss and the eval-weight cache.
+        # Copies and pickles drop the last loss (a graph node), the inputs awaiting their loss
+        # and the eval-weight cache.
         state = dict(super().__getstate__())
-        state.update(last_loss=None, _pending=None, _eval_cache=None)
+        state.update(last_loss=None, _pending=None, _deferred=None, _eval_cache=None)
         return state
 
     def extra_repr(self) -> str:
         return f"t={self._t}, k_t={self._k:.4g}, phase={self.phase}, D={tuple(self.D.shape)}"
 
 
-def _score(
-    pred: torch.Tensor, eps: torch.Tensor, kind: str, dim: tuple | None = None
-) -> torch.Tensor:
-    """The noise-prediction loss ``kind``: a mean over all entries, or over ``dim``."""
-
-    def mean(loss_fn) -> torch.Tensor:  # noqa: ANN001
-        return loss_fn(pred, eps) if dim is None else loss_fn(pred, eps, reduction="none").mean(dim)
-
-    if kind == "mse":
-        return mean(F.mse_loss)
-    if kind == "l1":
-        return mean(F.l1_loss)
-    return mean(F.l1_loss) + mean(F.mse_loss)
-
-
-@functools.lru_cache(maxsize=256)
-def _noise_coefficients(
-    noise: tuple[tuple[float, float], ...], device: torch.device
-) -> torch.Tensor:
-    """(a, b) of each layer of a group as a ``(2, L, 1, 1)`` float32 tensor on ``device``, made
-    once: a fresh host-to-GPU copy every step would wait for the GPU to catch up."""
-    return torch.tensor(noise, dtype=torch.float32, device=device).T.reshape(2, -1, 1, 1)
-
-
-def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
-    """Score the inputs that the last forward of ``batch_loss`` layers left pending.
-
-    Layers whose sampled inputs have equal shapes (and equal loss kinds and dtypes) form a
-    group, scored together: one noise draw, one x_t and one loss reduction per group, with one
-    D·x_t product per layer, instead of about ten small operators per layer (on a GPU, each one
-    a kernel launch). Each layer's ``last_loss`` is its own mean, as in the per-layer path; only the
-    draws differ. Groups are scored in the order of ``layers`` (execution order, as
-    ``denoise_layers`` gives them), so a seed fixes the draws. The token-index draws the
-    layers shared in that forward (:attr:`DenoiseLayer.shared_draws`) are released.
-    """
-    groups: dict[tuple, list[DenoiseLayer]] = {}
-    for layer in layers:
-        if layer.shared_draws:
-            layer.shared_draws.clear()  # the next forward draws anew
-        if layer._pending is not None:
-            x0 = layer._pending
-            key = (tuple(x0.shape), x0.device, layer.loss, layer.loss_dtype)
-            groups.setdefault(key, []).append(layer)
-    for (_, device, kind, _), group in groups.items():
-        low = group[0].in_autocast_dtype(device)
-        with torch.autocast(device.type, enabled=False):
-            xt = torch.stack([layer._pending for layer in group]).float()  # a fresh copy
-            for layer in group:
-                layer._pending = None  # freed as soon as stacked
-            eps = torch.randn_like(xt)
-            a, b = _noise_coefficients(tuple(layer._noise for layer in group), device)
-            xt.mul_(a).addcmul_(b, eps)  # x_t = a x_0 + b eps, in place: no group-sized temporaries
-        # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
-        maps = zip(xt.unbind(), group, strict=True)
-        pred = torch.stack([predict_noise(x, m.D, low) for x, m in maps])
-        with torch.autocast(device.type, enabled=False):
-            losses = _score(pred.float(), eps, kind, dim=(1, 2))
-        for layer, loss in zip(group, losses.unbind(), strict=True):
-            layer.last_loss = loss
-            layer.precision["D·x_t"] = pred.dtype
-
-
-def predict_noise(xt: torch.Tensor, D: torch.Tensor, low: bool) -> torch.Tensor:
-    """D·x_t on the last dimension of ``xt``: with ``low`` a GEMM in the current autocast
-    dtype (called under autocast; float32 accumulation), else in float32 with autocast off.
-    The result is in the dtype the product ran in."""
-    if low:
-        return apply_channel_map(xt, D)
-    with torch.autocast(xt.device.type, enabled=False):
-        return apply_channel_map(xt, D.float())
+def recomputing_in_backward() -> bool:
+    """Whether this forward runs inside a backward pass, as activation checkpointing
+    (``torch.utils.checkpoint``) recomputes a block. Not asked while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1

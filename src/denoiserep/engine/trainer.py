@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +23,13 @@ import denoiserep as dr
 from denoiserep.core.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from denoiserep.core.closed_form import fit_denoisers
 from denoiserep.data.augment import BatchRows
+from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
 
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, check_optimizer_names, cosine_with_warmup
 from .phases import phase_for_epoch
+from .throughput import Throughput
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,6 +55,9 @@ class TrainConfig:
     recomputed on the training images, augmented as in training, under the final (fused)
     weights (one label-free pass: ``core.batchnorm.recalibrate_batchnorm``); a label-free
     phase leaves them as the baseline's weights produced them.
+    ``grad_checkpointing``: recompute activations in backward instead of keeping them (the
+    model library's own switch: ``models.grad_checkpointing.enable_grad_checkpointing``; timm
+    and ``hf:`` models); D trains as without it. It stays on in the model after training.
     """
 
     epochs: int = 10
@@ -75,6 +79,7 @@ class TrainConfig:
     ckpt_every: int = 0
     workers: int = 0
     compile: bool = False
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         from denoiserep.core.config import coerce_fields
@@ -118,41 +123,6 @@ class Task(Protocol):
     def forward(self, model: nn.Module, batch: Any) -> Any: ...
 
     def loss(self, output: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-
-class Throughput:
-    """Images per second of training, and the share of time spent waiting for the loader.
-
-    A high ``data_wait_pct`` means the GPU is starved: raise the loader's ``workers``.
-    """
-
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.steps, self.wait, self.busy = 0, 0.0, 0.0
-        self._mark = time.perf_counter()
-
-    def arrived(self) -> None:
-        now = time.perf_counter()
-        if self.steps or self.busy:  # the first batch of an epoch includes worker start-up
-            self.wait += now - self._mark
-        self._mark = now
-
-    def done(self) -> None:
-        now = time.perf_counter()
-        self.busy += now - self._mark
-        self.steps += 1
-        self._mark = now
-
-    def summary(self) -> dict[str, float]:
-        total = self.wait + self.busy
-        return {
-            "images_per_s": self.steps * self.batch_size / max(total, 1e-9),
-            "data_wait_pct": 100.0 * self.wait / max(total, 1e-9),
-        }
-
-    def postfix(self) -> dict[str, str]:
-        s = self.summary()
-        return {"img/s": f"{s['images_per_s']:.0f}", "wait": f"{s['data_wait_pct']:.0f}%"}
 
 
 def _mix(*values: int) -> int:
@@ -209,6 +179,8 @@ def fit(
     if cfg.phases != "none" and not converted:
         raise ValueError(f"{tag}: phases={cfg.phases!r} needs a model converted with DenoiseRep")
     lam = dr.config_of(model).loss_weight if converted else 0.0
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
     world, rank = dist.world_size(), dist.rank()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")

@@ -1,0 +1,95 @@
+"""The noise-prediction objective: D·x_t and its loss, per layer or for groups of layers.
+
+:class:`~denoiserep.core.layer.DenoiseLayer` draws x_t = a·x_0 + b·eps from its input and
+scores D·x_t against eps here; :func:`compute_pending_losses` scores the layers that left their
+input pending (``batch_loss``, or a forward without gradients), as ``dr.denoise_loss`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from .fusion import apply_channel_map
+
+if TYPE_CHECKING:
+    from .layer import DenoiseLayer
+
+
+def score(
+    pred: torch.Tensor, eps: torch.Tensor, kind: str, dim: tuple | None = None
+) -> torch.Tensor:
+    """The noise-prediction loss ``kind``: a mean over all entries, or over ``dim``."""
+
+    def mean(loss_fn) -> torch.Tensor:  # noqa: ANN001
+        return loss_fn(pred, eps) if dim is None else loss_fn(pred, eps, reduction="none").mean(dim)
+
+    if kind == "mse":
+        return mean(F.mse_loss)
+    if kind == "l1":
+        return mean(F.l1_loss)
+    return mean(F.l1_loss) + mean(F.mse_loss)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_coefficients(
+    noise: tuple[tuple[float, float], ...], device: torch.device
+) -> torch.Tensor:
+    """(a, b) of each layer of a group as a ``(2, L, 1, 1)`` float32 tensor on ``device``, made
+    once: a fresh host-to-GPU copy every step would wait for the GPU to catch up."""
+    return torch.tensor(noise, dtype=torch.float32, device=device).T.reshape(2, -1, 1, 1)
+
+
+def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
+    """Score the inputs that the last forward of ``batch_loss`` layers left pending.
+
+    Layers whose sampled inputs have equal shapes (and equal loss kinds and dtypes) form a
+    group, scored together: one noise draw, one x_t and one loss reduction per group, with one
+    D·x_t product per layer, instead of about ten small operators per layer (on a GPU, each one
+    a kernel launch). Each layer's ``last_loss`` is its own mean, as in the per-layer path; only the
+    draws differ. Groups are scored in the order of ``layers`` (execution order, as
+    ``denoise_layers`` gives them), so a seed fixes the draws. The token-index draws the
+    layers shared in that forward (:attr:`DenoiseLayer.shared_draws`) are released. A loss
+    left by a forward without gradients (:meth:`DenoiseLayer._record_loss`) is scored too.
+    """
+    groups: dict[tuple, list[DenoiseLayer]] = {}
+    for layer in layers:
+        if layer._deferred is not None:
+            layer._score_deferred()
+        if layer.shared_draws:
+            layer.shared_draws.clear()  # the next forward draws anew
+        if layer._pending is not None:
+            x0 = layer._pending
+            key = (tuple(x0.shape), x0.device, layer.loss, layer.loss_dtype)
+            groups.setdefault(key, []).append(layer)
+    for (_, device, kind, _), group in groups.items():
+        low = group[0].in_autocast_dtype(device)
+        with torch.autocast(device.type, enabled=False):
+            xt = torch.stack([layer._pending for layer in group]).float()  # a fresh copy
+            for layer in group:
+                layer._pending = None  # freed as soon as stacked
+            eps = torch.randn_like(xt)
+            a, b = _noise_coefficients(tuple(layer._noise for layer in group), device)
+            xt.mul_(a).addcmul_(b, eps)  # x_t = a x_0 + b eps, in place: no group-sized temporaries
+        # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
+        maps = zip(xt.unbind(), group, strict=True)
+        pred = torch.stack([predict_noise(x, m.D, low) for x, m in maps])
+        with torch.autocast(device.type, enabled=False):
+            losses = score(pred.float(), eps, kind, dim=(1, 2))
+        for layer, loss in zip(group, losses.unbind(), strict=True):
+            layer.last_loss = loss
+            layer.precision["D·x_t"] = pred.dtype
+
+
+def predict_noise(xt: torch.Tensor, D: torch.Tensor, low: bool) -> torch.Tensor:
+    """D·x_t on the last dimension of ``xt``: with ``low`` a GEMM in the current autocast
+    dtype (called under autocast; float32 accumulation), else in float32 with autocast off.
+    The result is in the dtype the product ran in."""
+    if low:
+        return apply_channel_map(xt, D)
+    with torch.autocast(xt.device.type, enabled=False):
+        return apply_channel_map(xt, D.float())

@@ -1,0 +1,108 @@
+"""``train.grad_checkpointing``: the model library's switch turned on, training unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import timm
+import torch
+from timm.layers import set_reentrant_ckpt, use_reentrant_ckpt
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import denoiserep as dr
+from denoiserep.classification.task import ClassificationTask
+from denoiserep.engine.trainer import TrainConfig, fit
+from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
+
+pytestmark = pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+
+CFG = TrainConfig(epochs=2, batch_size=8, lr=1e-2, phases="joint", denoiser_epochs=1)
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    net = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, embed_dim=32,
+        depth=2, num_heads=2, num_classes=3,
+    )  # fmt: skip
+    return dr.convert(net, dr.DenoiseConfig(loss_weight=0.1), torch.randn(1, 1, 16, 16))
+
+
+def data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(
+        torch.randn(24, 1, 16, 16, generator=g), torch.randint(0, 3, (24,), generator=g)
+    )
+
+
+@pytest.fixture(params=[False, True], ids=["non-reentrant", "reentrant"])
+def reentrant(request):
+    before = use_reentrant_ckpt()
+    set_reentrant_ckpt(request.param)
+    yield request.param
+    set_reentrant_ckpt(before)
+
+
+def test_checkpointed_training_equals_plain_training(tmp_path, reentrant):
+    """Both phases train the same weights with and without checkpointing: timm's default
+    non-reentrant checkpoint, and the re-entrant one, under which a loss scored in the first
+    forward would have left the blocks' D untrained."""
+    plain, checkpointed = tiny_vit(), tiny_vit()
+    task = ClassificationTask()
+    fit(plain, data(), CFG, task, tmp_path / "plain", progress=False)
+    cfg = dataclasses.replace(CFG, grad_checkpointing=True)
+    history = fit(checkpointed, data(), cfg, task, tmp_path / "ckpt", progress=False)
+    assert checkpointed.grad_checkpointing  # timm's flag: the blocks ran under checkpoint
+    assert [h["phase"] for h in history] == ["denoiser", "joint"]
+    a, b, start = plain.state_dict(), checkpointed.state_dict(), tiny_vit().state_dict()
+    moved = [k for k in a if k.endswith(".D") and not torch.equal(a[k], start[k])]
+    assert len(moved) == len(dr.denoise_layers(plain))  # every D trained
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_models_without_a_switch_are_refused():
+    with pytest.raises(ValueError, match="no submodule with timm's set_grad_checkpointing"):
+        enable_grad_checkpointing(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_outermost_switches_only():
+    wrapper = nn.Sequential(tiny_vit(), nn.Linear(3, 3))
+    assert enable_grad_checkpointing(wrapper) == ["0"]
+    assert wrapper[0].grad_checkpointing
+
+
+def test_hugging_face_models_checkpoint_and_train_their_denoisers():
+    """transformers' switch is found; checkpointing re-entrantly (transformers 4's default),
+    D's gradients equal the plain step's, in the label-free phase too (where no input of a
+    block requires a gradient)."""
+    transformers = pytest.importorskip("transformers")
+    from denoiserep.models.hf import HFImageClassifier
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        config = transformers.ViTConfig(
+            image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, intermediate_size=64, num_labels=3,
+        )  # fmt: skip
+        net = HFImageClassifier(transformers.ViTForImageClassification(config))
+        return dr.convert(net, dr.DenoiseConfig(), torch.randn(1, 1, 16, 16))
+
+    grads = []
+    for checkpointed in (False, True):
+        net = model()
+        if checkpointed:
+            assert enable_grad_checkpointing(net) == ["model"]
+            net.model.activation_checkpointing_enable({"use_reentrant": True})
+            assert net.model.is_activation_checkpointing
+        dr.set_phase(net, "denoiser")
+        dr.train_frozen_backbone(net)
+        torch.manual_seed(1)
+        net(data().tensors[0][:4])
+        dr.denoise_loss(net).backward()
+        grads.append({n: m.D.grad for n, m in dr.denoise_layers(net).items()})
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[1].values())
+    for name, g in grads[1].items():
+        torch.testing.assert_close(g, grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
