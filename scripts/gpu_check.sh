@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the training-cost issue, as one script for a lent GPU machine:
 #   1. the CUDA tests (fused == eval bit for bit, bf16 joint step, bf16 vs float32 training,
-#      bf16 products);
+#      bf16 products, a bf16 step under a re-entrant activation checkpoint);
 #   2. `denoiserep bench` in bf16 at batch 64 on ViT-B/16, ResNet-50 and Swin-T, one model per
 #      run so that what finished survives a time limit;
 #   3. the training phases of ViT-B/16 with `denoise.batch_loss=true` (the noise regression

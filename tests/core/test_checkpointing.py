@@ -9,6 +9,8 @@ checkpoint replays the block in backward, which must not overwrite the step's lo
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ class Checkpointed(nn.Module):
         return checkpoint(self.inner, x, use_reentrant=self.reentrant)
 
 
-def _model(reentrant: bool | None, phase: str, batch_loss: bool) -> nn.Module:
+def _model(reentrant: bool | None, phase: str, batch_loss: bool, device: str = "cpu") -> nn.Module:
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), nn.GELU())
     model = nn.Sequential(nn.Linear(6, 8), Checkpointed(block, reentrant), nn.Linear(8, 3))
@@ -40,15 +42,20 @@ def _model(reentrant: bool | None, phase: str, batch_loss: bool) -> nn.Module:
     dr.convert(model, config, example_input=torch.randn(2, 6))
     randomize_denoisers(model, 0.05)
     dr.set_phase(model, phase)
-    return model.train()
+    return model.to(device).train()
 
 
-def _step(model: nn.Module, phase: str) -> tuple[dict[str, torch.Tensor], float, float]:
-    """One step; the D gradients, the loss before backward and the loss read after it."""
+def _step(
+    model: nn.Module, phase: str, bf16: bool = False
+) -> tuple[dict[str, torch.Tensor], float, float]:
+    """One step (under bf16 autocast with ``bf16``); the D gradients, the loss before backward
+    and the loss read after it."""
+    device = next(model.parameters()).device
     torch.manual_seed(1)
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
-    task = nn.functional.cross_entropy(model(x), y)
-    ploss = dr.denoise_loss(model)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        task = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+        ploss = dr.denoise_loss(model)
     ((task if phase == "joint" else 0) + ploss).backward(retain_graph=True)
     grads = {n: layer.D.grad for n, layer in dr.denoise_layers(model).items()}
     return grads, ploss.item(), dr.denoise_loss(model).item()
@@ -68,6 +75,32 @@ def test_checkpointed_blocks_train_their_denoisers(reentrant, phase, batch_loss)
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     for name, g in grads.items():
         torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7)
+
+
+def check_bf16_checkpointed_step(device: str, batch_loss: bool) -> None:
+    """Under bf16 autocast (``loss_dtype="autocast"``: D·x_t in bf16 too) a re-entrant
+    checkpointed joint step gives the plain step's loss and D gradients: the deferred loss is
+    scored in the dtype the forward ran in. Run on CUDA by ``tests/core/test_cuda.py``."""
+    results = []
+    for reentrant in (None, True):
+        model = _model(reentrant, "joint", batch_loss, device)
+        for layer in dr.denoise_layers(model).values():
+            layer.loss_dtype = "autocast"
+        results.append(_step(model, "joint", bf16=True))
+        layers = dr.denoise_layers(model).values()
+        assert {m.precision["D·x_t"] for m in layers} == {torch.bfloat16}
+    (reference, ref_loss, _), (grads, loss, after) = results
+    assert after == loss and math.isfinite(loss)
+    assert loss == pytest.approx(ref_loss, rel=1e-3)
+    for name, g in grads.items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(g, reference[name], rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("batch_loss", [True, False])
+def test_bf16_checkpointed_step(batch_loss):
+    check_bf16_checkpointed_step("cpu", batch_loss)
 
 
 def test_a_no_grad_training_forward_leaves_a_trainable_loss():

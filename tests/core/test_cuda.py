@@ -6,7 +6,8 @@
   every denoiser, with the per-layer and the grouped (``batch_loss``) noise regression;
 * the bf16 training path (``fit`` with ``amp=True``) stays close to the float32 one;
 * under bf16 autocast W A_t runs in bf16 (one rounding from float32) and D x_t in float32,
-  or in bf16 within bf16 rounding of it with ``loss_dtype="autocast"``.
+  or in bf16 within bf16 rounding of it with ``loss_dtype="autocast"``;
+* a re-entrant activation checkpoint under bf16 autocast trains D as a plain step does.
 
 The helpers take the device as an argument so the same checks can be dry-run on CPU
 (``python -c "import tests.core.test_cuda as t; t.check_bf16_vs_float32('cpu')"``).
@@ -28,6 +29,7 @@ import denoiserep as dr
 from denoiserep.classification.task import ClassificationTask
 from denoiserep.engine.trainer import TrainConfig, fit
 from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
+from tests.core.test_checkpointing import check_bf16_checkpointed_step
 from tests.core.test_loss_dtype import check_autocast_product
 from tests.core.test_training_cost import check_bf16_products
 
@@ -189,3 +191,9 @@ def test_cuda_bf16_products():
 @pytest.mark.parametrize("batch_loss", [False, True])
 def test_cuda_noise_regression_in_the_autocast_dtype(batch_loss):
     check_autocast_product("cuda", batch_loss)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("batch_loss", [False, True])
+def test_cuda_bf16_checkpointed_step(batch_loss):
+    check_bf16_checkpointed_step("cuda", batch_loss)
