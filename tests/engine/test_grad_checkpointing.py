@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import timm
@@ -15,6 +16,7 @@ import denoiserep as dr
 from denoiserep.classification.task import ClassificationTask
 from denoiserep.engine.trainer import TrainConfig, fit
 from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
+from tests.engine.test_arms import TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
 
@@ -106,3 +108,38 @@ def test_hugging_face_models_checkpoint_and_train_their_denoisers():
     assert all(g is not None and g.abs().sum() > 0 for g in grads[1].values())
     for name, g in grads[1].items():
         torch.testing.assert_close(g, grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+TINY_RUN = ["--no-progress", *TINY, "seeds=[0]"]
+
+
+def test_the_pipeline_checkpoints_its_arms(tmp_path):
+    """``finetune.grad_checkpointing=true`` through the CLI: every arm trains and fuses."""
+    from denoiserep.cli import main
+
+    out = tmp_path / "run"
+    argv = ["demo", "--output", str(out), *TINY_RUN]
+    assert (
+        main([*argv, "baseline.grad_checkpointing=true", "finetune.grad_checkpointing=true"]) == 0
+    )
+    per_seed = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    assert {"baseline", "control", "denoiserep"} <= set(per_seed)
+
+
+def test_a_model_without_a_switch_is_refused_before_the_baseline_trains(
+    tmp_path, monkeypatch, capsys
+):
+    """The finetune arms would fail only after the baseline had trained: refused at once."""
+    from denoiserep.classification.protocol import ClassificationArms
+    from denoiserep.cli import main
+
+    def no_switch(self) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    trained = []
+    monkeypatch.setattr(ClassificationArms, "build_model", no_switch)
+    monkeypatch.setattr("denoiserep.engine.arms.fit", lambda *a, **k: trained.append(a))
+    out = tmp_path / "run"
+    assert main(["demo", "--output", str(out), *TINY_RUN, "finetune.grad_checkpointing=true"]) == 2
+    assert "grad_checkpointing: Sequential has no submodule" in capsys.readouterr().err
+    assert not trained and not list(out.glob("seed0/baseline/*"))

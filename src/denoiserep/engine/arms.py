@@ -37,6 +37,7 @@ from denoiserep.core.io import load_state_checked
 from denoiserep.core.spectrum import denoiser_spectrum
 from denoiserep.data.corruptions import CORRUPTIONS, CorruptedDataset
 from denoiserep.models.factory import num_parameters
+from denoiserep.models.grad_checkpointing import checkpointable_modules
 
 from . import dist
 from .config import check_training_plan, to_dict
@@ -260,6 +261,8 @@ class ArmRunner:
         model = self.task.build_model().to(self.task.device)
         if self.cfg.baseline_weights:
             load_baseline_weights(model, self.cfg.baseline_weights)
+        if self.cfg.finetune.grad_checkpointing:
+            checkpointable_modules(model)  # refused now, not after the baseline has trained
         self.on_start()  # model, weights and data are in place: the run has started
         if self.cfg.baseline.epochs > 0:
             self.histories[str(seed)]["baseline"] = self._fit(

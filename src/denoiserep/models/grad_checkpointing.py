@@ -8,34 +8,48 @@ it as without it, with re-entrant checkpoints too (``core/layer.py``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from denoiserep.core.convert import unwrap
 
+# (method, call): timm; Hugging Face transformers >= 5; older transformers
+_SWITCHES: tuple[tuple[str, Callable[[nn.Module], None]], ...] = (
+    ("set_grad_checkpointing", lambda m: m.set_grad_checkpointing(True)),
+    ("activation_checkpointing_enable", lambda m: m.activation_checkpointing_enable()),
+    ("gradient_checkpointing_enable", lambda m: m.gradient_checkpointing_enable()),
+)
 
-def enable_grad_checkpointing(model: nn.Module) -> list[str]:
-    """Turn checkpointing on in every outermost submodule that offers it (timm's
-    ``set_grad_checkpointing``, Hugging Face's ``activation_checkpointing_enable`` or, before
-    it, ``gradient_checkpointing_enable``) and return
-    their names (``""``: the model itself). Raises ``ValueError`` when none does (torchvision
-    models, for instance, have no such switch)."""
-    done: list[str] = []
+
+def checkpointable_modules(model: nn.Module) -> dict[str, Callable[[nn.Module], None]]:
+    """The outermost submodules of ``model`` that have a checkpointing switch (name -> how to
+    turn it on; ``""``: the model itself). Raises ``ValueError`` when none has one (torchvision
+    models, for instance), so a run can refuse the option before it trains anything."""
+    found: dict[str, Callable[[nn.Module], None]] = {}
     for name, module in unwrap(model).named_modules():
-        if any(d == "" or name.startswith(d + ".") for d in done):
+        if any(d == "" or name.startswith(d + ".") for d in found):
             continue
-        if callable(getattr(module, "set_grad_checkpointing", None)):
-            module.set_grad_checkpointing(True)
-        elif callable(getattr(module, "activation_checkpointing_enable", None)):
-            module.activation_checkpointing_enable()  # transformers >= 5.x
-        elif callable(getattr(module, "gradient_checkpointing_enable", None)):
-            module.gradient_checkpointing_enable()
-        else:
-            continue
-        done.append(name)
-    if not done:
+        for method, turn_on in _SWITCHES:
+            if callable(getattr(module, method, None)):
+                found[name] = turn_on
+                break
+    if not found:
         raise ValueError(
             f"grad_checkpointing: {type(unwrap(model)).__name__} has no submodule with timm's "
             "set_grad_checkpointing or Hugging Face's gradient_checkpointing_enable; use a timm "
             "(or hf:) model, or turn grad_checkpointing off"
         )
-    return done
+    return found
+
+
+def enable_grad_checkpointing(model: nn.Module) -> list[str]:
+    """Turn checkpointing on in every outermost submodule that offers it (timm's
+    ``set_grad_checkpointing``, Hugging Face's ``activation_checkpointing_enable`` or, before
+    it, ``gradient_checkpointing_enable``) and return their names (``""``: the model itself).
+    Raises ``ValueError`` when none does."""
+    found = checkpointable_modules(model)
+    modules = dict(unwrap(model).named_modules())
+    for name, turn_on in found.items():
+        turn_on(modules[name])
+    return list(found)
