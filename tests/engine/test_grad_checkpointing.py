@@ -70,6 +70,13 @@ def test_models_without_a_switch_are_refused():
         enable_grad_checkpointing(nn.Sequential(nn.Linear(2, 2)))
 
 
+def test_a_model_whose_switch_refuses_is_refused_clearly():
+    """timm's legacy SE-ResNet has ``set_grad_checkpointing`` only to assert it stays off."""
+    net = timm.create_model("legacy_seresnet18", num_classes=3)
+    with pytest.raises(ValueError, match="SENet refuses it .*gradient checkpointing not supported"):
+        enable_grad_checkpointing(net)
+
+
 def test_outermost_switches_only():
     wrapper = nn.Sequential(tiny_vit(), nn.Linear(3, 3))
     assert enable_grad_checkpointing(wrapper) == ["0"]
@@ -136,10 +143,18 @@ def test_a_model_without_a_switch_is_refused_before_the_baseline_trains(
     def no_switch(self) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
 
+    def refusing(self) -> nn.Module:
+        return timm.create_model("legacy_seresnet18", in_chans=1, num_classes=10)
+
     trained = []
-    monkeypatch.setattr(ClassificationArms, "build_model", no_switch)
     monkeypatch.setattr("denoiserep.engine.arms.fit", lambda *a, **k: trained.append(a))
-    out = tmp_path / "run"
-    assert main(["demo", "--output", str(out), *TINY_RUN, "finetune.grad_checkpointing=true"]) == 2
-    assert "grad_checkpointing: Sequential has no submodule" in capsys.readouterr().err
-    assert not trained and not list(out.glob("seed0/baseline/*"))
+    for build, error in [
+        (no_switch, "Sequential has no submodule"),
+        (refusing, "SENet refuses it"),
+    ]:
+        monkeypatch.setattr(ClassificationArms, "build_model", build)
+        out = tmp_path / build.__name__
+        argv = ["demo", "--output", str(out), *TINY_RUN, "finetune.grad_checkpointing=true"]
+        assert main(argv) == 2
+        assert f"grad_checkpointing: {error}" in capsys.readouterr().err
+        assert not trained and not list(out.glob("seed0/baseline/*"))

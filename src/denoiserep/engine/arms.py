@@ -37,7 +37,7 @@ from denoiserep.core.io import load_state_checked
 from denoiserep.core.spectrum import denoiser_spectrum
 from denoiserep.data.corruptions import CORRUPTIONS, CorruptedDataset
 from denoiserep.models.factory import num_parameters
-from denoiserep.models.grad_checkpointing import checkpointable_modules
+from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
 
 from . import dist
 from .config import check_training_plan, to_dict
@@ -258,11 +258,12 @@ class ArmRunner:
 
     def baseline(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = self.task.build_model().to(self.task.device)
+        model = self.task.build_model()
+        if self.cfg.finetune.grad_checkpointing:  # refused now, not after the baseline trained
+            enable_grad_checkpointing(copy.deepcopy(model))
+        model = model.to(self.task.device)
         if self.cfg.baseline_weights:
             load_baseline_weights(model, self.cfg.baseline_weights)
-        if self.cfg.finetune.grad_checkpointing:
-            checkpointable_modules(model)  # refused now, not after the baseline has trained
         self.on_start()  # model, weights and data are in place: the run has started
         if self.cfg.baseline.epochs > 0:
             self.histories[str(seed)]["baseline"] = self._fit(

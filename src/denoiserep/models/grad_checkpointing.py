@@ -47,9 +47,16 @@ def enable_grad_checkpointing(model: nn.Module) -> list[str]:
     """Turn checkpointing on in every outermost submodule that offers it (timm's
     ``set_grad_checkpointing``, Hugging Face's ``activation_checkpointing_enable`` or, before
     it, ``gradient_checkpointing_enable``) and return their names (``""``: the model itself).
-    Raises ``ValueError`` when none does."""
+    Raises ``ValueError`` when none does, or when one refuses (timm's Inception, SENet, CSPNet
+    and others have the switch only to assert that it stays off)."""
     found = checkpointable_modules(model)
     modules = dict(unwrap(model).named_modules())
     for name, turn_on in found.items():
-        turn_on(modules[name])
+        try:
+            turn_on(modules[name])
+        except (AssertionError, NotImplementedError) as e:
+            raise ValueError(
+                f"grad_checkpointing: {type(modules[name]).__name__} refuses it ({e}); turn "
+                "grad_checkpointing off for this model"
+            ) from e
     return list(found)
