@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 import timm
@@ -15,7 +16,10 @@ from torch.utils.data import TensorDataset
 import denoiserep as dr
 from denoiserep.classification.task import ClassificationTask
 from denoiserep.engine.trainer import TrainConfig, fit
-from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
+from denoiserep.models.grad_checkpointing import (
+    disable_grad_checkpointing,
+    enable_grad_checkpointing,
+)
 from tests.engine.test_arms import TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
@@ -120,17 +124,39 @@ def test_hugging_face_models_checkpoint_and_train_their_denoisers():
 TINY_RUN = ["--no-progress", *TINY, "seeds=[0]"]
 
 
-def test_the_pipeline_checkpoints_its_arms(tmp_path):
-    """``finetune.grad_checkpointing=true`` through the CLI: every arm trains and fuses."""
+@pytest.mark.parametrize("finetune", [True, False])
+def test_the_pipeline_checkpoints_the_arms_it_is_set_for(tmp_path, monkeypatch, finetune):
+    """Through the CLI every arm trains and fuses, each checkpointed as its own setting says:
+    the fine-tuned arms, copies of the checkpointed baseline, have it off unless asked."""
     from denoiserep.cli import main
+    from denoiserep.engine import arms
+
+    seen, real_fit = [], arms.fit
+
+    def spy(model, *args, **kwargs):
+        history = real_fit(model, *args, **kwargs)
+        seen.append(dr.unwrap(model).grad_checkpointing)  # timm's flag: as the arm trained
+        return history
+
+    monkeypatch.setattr(arms, "fit", spy)
 
     out = tmp_path / "run"
-    argv = ["demo", "--output", str(out), *TINY_RUN]
-    assert (
-        main([*argv, "baseline.grad_checkpointing=true", "finetune.grad_checkpointing=true"]) == 0
-    )
+    argv = ["demo", "--output", str(out), *TINY_RUN, "baseline.grad_checkpointing=true"]
+    assert main([*argv, f"finetune.grad_checkpointing={str(finetune).lower()}"]) == 0
     per_seed = json.loads((out / "results.json").read_text())["per_seed"]["0"]
     assert {"baseline", "control", "denoiserep"} <= set(per_seed)
+    assert seen == [True, finetune, finetune]  # baseline, control, DenoiseRep
+
+
+def test_fit_turns_off_only_the_checkpointing_it_turned_on():
+    net = tiny_vit()
+    net.set_grad_checkpointing(True)  # the user's own
+    assert disable_grad_checkpointing(net) == [] and net.grad_checkpointing
+    net.set_grad_checkpointing(False)
+    assert enable_grad_checkpointing(net) == [""] and net.grad_checkpointing
+    copy = pickle.loads(pickle.dumps(net))
+    assert disable_grad_checkpointing(copy) == [""] and not copy.grad_checkpointing
+    assert disable_grad_checkpointing(copy) == []
 
 
 def test_a_model_without_a_switch_is_refused_before_the_baseline_trains(

@@ -23,7 +23,10 @@ import denoiserep as dr
 from denoiserep.core.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from denoiserep.core.closed_form import fit_denoisers
 from denoiserep.data.augment import BatchRows
-from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
+from denoiserep.models.grad_checkpointing import (
+    disable_grad_checkpointing,
+    enable_grad_checkpointing,
+)
 
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -57,7 +60,8 @@ class TrainConfig:
     phase leaves them as the baseline's weights produced them.
     ``grad_checkpointing``: recompute activations in backward instead of keeping them (the
     model library's own switch: ``models.grad_checkpointing.enable_grad_checkpointing``; timm
-    and ``hf:`` models); D trains as without it. It stays on in the model after training.
+    and ``hf:`` models); D trains as without it. It stays on in the model after training, until
+    a fit with it off (checkpointing turned on otherwise is left as it is).
     """
 
     epochs: int = 10
@@ -181,6 +185,8 @@ def fit(
     lam = dr.config_of(model).loss_weight if converted else 0.0
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
+    else:  # on from an earlier fit of this model (the baseline's): each fit follows its own
+        disable_grad_checkpointing(model)
     world, rank = dist.world_size(), dist.rank()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")

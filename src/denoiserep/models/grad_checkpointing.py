@@ -14,25 +14,36 @@ from torch import nn
 
 from denoiserep.core.convert import unwrap
 
-# (method, call): timm; Hugging Face transformers >= 5; older transformers
-_SWITCHES: tuple[tuple[str, Callable[[nn.Module], None]], ...] = (
-    ("set_grad_checkpointing", lambda m: m.set_grad_checkpointing(True)),
-    ("activation_checkpointing_enable", lambda m: m.activation_checkpointing_enable()),
-    ("gradient_checkpointing_enable", lambda m: m.gradient_checkpointing_enable()),
-)
+Switch = tuple[Callable[[nn.Module], None], Callable[[nn.Module], None]]  # (on, off)
+# by the method that marks a switch: timm; Hugging Face transformers >= 5; older transformers
+_SWITCHES: dict[str, Switch] = {
+    "set_grad_checkpointing": (
+        lambda m: m.set_grad_checkpointing(True),
+        lambda m: m.set_grad_checkpointing(False),
+    ),
+    "activation_checkpointing_enable": (
+        lambda m: m.activation_checkpointing_enable(),
+        lambda m: m.activation_checkpointing_disable(),
+    ),
+    "gradient_checkpointing_enable": (
+        lambda m: m.gradient_checkpointing_enable(),
+        lambda m: m.gradient_checkpointing_disable(),
+    ),
+}
+_MARK = "_denoiserep_grad_checkpointing"  # set on the model by enable_grad_checkpointing
 
 
-def checkpointable_modules(model: nn.Module) -> dict[str, Callable[[nn.Module], None]]:
-    """The outermost submodules of ``model`` that have a checkpointing switch (name -> how to
-    turn it on; ``""``: the model itself). Raises ``ValueError`` when none has one (torchvision
-    models, for instance), so a run can refuse the option before it trains anything."""
-    found: dict[str, Callable[[nn.Module], None]] = {}
+def checkpointable_modules(model: nn.Module) -> dict[str, Switch]:
+    """The outermost submodules of ``model`` that have a checkpointing switch (name -> its
+    (on, off); ``""``: the model itself). Raises ``ValueError`` when none has one (torchvision
+    models, for instance)."""
+    found: dict[str, Switch] = {}
     for name, module in unwrap(model).named_modules():
         if any(d == "" or name.startswith(d + ".") for d in found):
             continue
-        for method, turn_on in _SWITCHES:
+        for method, switch in _SWITCHES.items():
             if callable(getattr(module, method, None)):
-                found[name] = turn_on
+                found[name] = switch
                 break
     if not found:
         raise ValueError(
@@ -51,12 +62,27 @@ def enable_grad_checkpointing(model: nn.Module) -> list[str]:
     and others have the switch only to assert that it stays off)."""
     found = checkpointable_modules(model)
     modules = dict(unwrap(model).named_modules())
-    for name, turn_on in found.items():
+    for name, (on, _) in found.items():
         try:
-            turn_on(modules[name])
+            on(modules[name])
         except (AssertionError, NotImplementedError) as e:
             raise ValueError(
                 f"grad_checkpointing: {type(modules[name]).__name__} refuses it ({e}); turn "
                 "grad_checkpointing off for this model"
             ) from e
+    setattr(unwrap(model), _MARK, True)
+    return list(found)
+
+
+def disable_grad_checkpointing(model: nn.Module) -> list[str]:
+    """Turn off the checkpointing :func:`enable_grad_checkpointing` turned on in ``model`` (or in
+    the model it was copied from) and return the names; checkpointing turned on otherwise is
+    left as it is (``[]``)."""
+    if not getattr(unwrap(model), _MARK, False):
+        return []
+    found = checkpointable_modules(model)
+    modules = dict(unwrap(model).named_modules())
+    for name, (_, off) in found.items():
+        off(modules[name])
+    delattr(unwrap(model), _MARK)
     return list(found)
