@@ -243,11 +243,9 @@ class DenoiseLayer(nn.Module):
         the autocast dtype it ran in."""
         xt, eps, dtype = self._deferred
         self._deferred = None
-        if dtype is None:
-            self.last_loss = self._score_noised(xt, eps, low=False)
-            return
-        with torch.autocast(xt.device.type, dtype=dtype):
-            self.last_loss = self._score_noised(xt, eps, low=True)
+        low = dtype is not None
+        with torch.autocast(xt.device.type, dtype=dtype, enabled=low):
+            self.last_loss = self._score_noised(xt, eps, low)
 
     def in_autocast_dtype(self, device: torch.device) -> bool:
         """Whether D·x_t runs in the autocast dtype now (``loss_dtype="autocast"`` and

@@ -33,17 +33,17 @@ _SWITCHES: dict[str, Switch] = {
 _MARK = "_denoiserep_grad_checkpointing"  # set on the model by enable_grad_checkpointing
 
 
-def checkpointable_modules(model: nn.Module) -> dict[str, Switch]:
-    """The outermost submodules of ``model`` that have a checkpointing switch (name -> its
-    (on, off); ``""``: the model itself). Raises ``ValueError`` when none has one (torchvision
-    models, for instance)."""
-    found: dict[str, Switch] = {}
+def checkpointable_modules(model: nn.Module) -> dict[str, tuple[nn.Module, Switch]]:
+    """The outermost submodules of ``model`` that have a checkpointing switch (name -> the
+    module and its (on, off); ``""``: the model itself). Raises ``ValueError`` when none has one
+    (torchvision models, for instance)."""
+    found: dict[str, tuple[nn.Module, Switch]] = {}
     for name, module in unwrap(model).named_modules():
         if any(d == "" or name.startswith(d + ".") for d in found):
             continue
         for method, switch in _SWITCHES.items():
             if callable(getattr(module, method, None)):
-                found[name] = switch
+                found[name] = module, switch
                 break
     if not found:
         raise ValueError(
@@ -61,13 +61,12 @@ def enable_grad_checkpointing(model: nn.Module) -> list[str]:
     Raises ``ValueError`` when none does, or when one refuses (timm's Inception, SENet, CSPNet
     and others have the switch only to assert that it stays off)."""
     found = checkpointable_modules(model)
-    modules = dict(unwrap(model).named_modules())
-    for name, (on, _) in found.items():
+    for module, (on, _) in found.values():
         try:
-            on(modules[name])
+            on(module)
         except (AssertionError, NotImplementedError) as e:
             raise ValueError(
-                f"grad_checkpointing: {type(modules[name]).__name__} refuses it ({e}); turn "
+                f"grad_checkpointing: {type(module).__name__} refuses it ({e}); turn "
                 "grad_checkpointing off for this model"
             ) from e
     setattr(unwrap(model), _MARK, True)
@@ -81,8 +80,7 @@ def disable_grad_checkpointing(model: nn.Module) -> list[str]:
     if not getattr(unwrap(model), _MARK, False):
         return []
     found = checkpointable_modules(model)
-    modules = dict(unwrap(model).named_modules())
-    for name, (_, off) in found.items():
-        off(modules[name])
+    for module, (_, off) in found.values():
+        off(module)
     delattr(unwrap(model), _MARK)
     return list(found)
