@@ -18,11 +18,19 @@
 # 8 files, so that a device run that returns at most 8 files brings all of them back.
 # `python3 scripts/bench_summary.py $OUT/results_json.tar.gz` puts every run in one table.
 # Usage (repository root, no install needed): OUT=/some/dir bash scripts/gpu_check.sh
+# A dry run of the script itself on a CPU before spending GPU time (2 min on 2 cores; the CUDA
+# tests skip, every bench step runs on tiny models):
+#   DEVICE=cpu MODELS="resnet10t vit_tiny_patch16_224" LEVER_MODEL=resnet10t BATCH=4 \
+#     OUT=/tmp/gpu_dry PYTHON=.venv/bin/python bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 WORK=${WORK:-runs/gpu_check_work} # full bench outputs (plots, configs); not copied to $OUT
 PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+MODELS=${MODELS:-vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224}
+LEVER_MODEL=${LEVER_MODEL:-vit_base_patch16_224} # the model of the lever and compile runs
+BATCH=${BATCH:-64}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/progress.txt"; }
@@ -36,44 +44,44 @@ run_step() {
 }
 pack_json() { (cd "$WORK" && tar czf - */results.json 2>/dev/null) > "$OUT/results_json.tar.gz"; }
 
-{ nvidia-smi; "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } \
+{ [ "$DEVICE" = cuda ] && nvidia-smi; "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } \
     >> "$OUT/progress.txt" 2>&1
 run_step "CUDA tests" 60 "$OUT/cuda_tests.txt" \
     "$PY" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py
-for model in vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224; do
+for model in $MODELS; do
     run_step "bench $model" 95 "$OUT/bench_$model.md" \
-        "$PY" -m denoiserep bench --output "$WORK/bench_$model" device=cuda bf16=true \
-        "models=[$model]" "batch_sizes=[1,64]" repeats=20 warmup=5 train.batch_size=64 \
+        "$PY" -m denoiserep bench --output "$WORK/bench_$model" device=$DEVICE bf16=true \
+        "models=[$model]" "batch_sizes=[1,$BATCH]" repeats=20 warmup=5 train.batch_size=$BATCH \
         train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress
     pack_json
 done
 levers() {
-    "$PY" -m denoiserep bench --output "$WORK/bench_batch_loss" device=cuda bf16=true \
-        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=64 train.steps=10 train.warmup=2 train.profile_top=12 \
+    "$PY" -m denoiserep bench --output "$WORK/bench_batch_loss" device=$DEVICE bf16=true \
+        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=$BATCH train.steps=10 train.warmup=2 train.profile_top=12 \
         denoise.batch_loss=true export=false --no-progress
-    "$PY" -m denoiserep bench --output "$WORK/bench_adafactor" device=cuda bf16=true \
-        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
+    "$PY" -m denoiserep bench --output "$WORK/bench_adafactor" device=$DEVICE bf16=true \
+        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
         train.denoiser_optimizer=adafactor export=false --no-progress
-    "$PY" -m denoiserep bench --output "$WORK/bench_loss_dtype" device=cuda bf16=true \
-        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
+    "$PY" -m denoiserep bench --output "$WORK/bench_loss_dtype" device=$DEVICE bf16=true \
+        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
         denoise.loss_dtype=autocast export=false --no-progress
-    "$PY" -m denoiserep bench --output "$WORK/bench_unfused" device=cuda bf16=true \
-        "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[joint]" \
+    "$PY" -m denoiserep bench --output "$WORK/bench_unfused" device=$DEVICE bf16=true \
+        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+        train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[joint]" \
         train.fused_optimizer=false memory=false export=false --no-progress
 }
 export -f levers
-export PY WORK
-run_step "bench vit_base_patch16_224: batch_loss, D with Adafactor, D·x_t in bf16, unfused AdamW" 125 \
+export PY WORK DEVICE LEVER_MODEL BATCH
+run_step "bench $LEVER_MODEL: batch_loss, D with Adafactor, D·x_t in bf16, unfused AdamW" 125 \
     "$OUT/bench_batch_loss.md" bash -c levers
 pack_json
-run_step "bench vit_base_patch16_224, joint step under torch.compile" 110 "$OUT/bench_compile.md" \
-    "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=cuda bf16=true \
-    "models=[vit_base_patch16_224]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-    train.batch_size=64 train.steps=10 train.warmup=2 "train.phases=[joint]" \
+run_step "bench $LEVER_MODEL, joint step under torch.compile" 110 "$OUT/bench_compile.md" \
+    "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=$DEVICE bf16=true \
+    "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
+    train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[joint]" \
     train.compile=true memory=false export=false --no-progress
 pack_json
 log "done"
