@@ -84,10 +84,17 @@ def _unrows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _in_weight_layout(out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``out`` with exactly ``weight``'s strides (size-1 dims included), copied only if they
-    differ: other strides select other convolution kernels."""
-    if out.stride() != weight.stride():
-        out = torch.empty_like(weight, dtype=out.dtype).copy_(out)
-    return out
+    differ: other strides select other convolution kernels. The copy is ``contiguous`` in the
+    weight's dim order, not ``empty_like(...).copy_``: under torch.compile, torch 2.11's
+    inductor zeroed every gradient through an in-place copy in the training product
+    (tests/engine/test_compile.py); only strides no dim order gives still copy in place."""
+    if out.stride() == weight.stride():
+        return out
+    order = sorted(range(weight.dim()), key=lambda d: -weight.stride(d))  # outermost first
+    copy = out.permute(order).contiguous().permute([order.index(d) for d in range(weight.dim())])
+    if copy.stride() == weight.stride():
+        return copy
+    return torch.empty_like(weight, dtype=out.dtype).copy_(out)
 
 
 def channel_product(weight: torch.Tensor, M: torch.Tensor, groups: int = 1) -> torch.Tensor:
@@ -114,9 +121,10 @@ class _TrainFusedWeight(torch.autograd.Function):
     An ungrouped weight of any kernel size is one GEMM on its (C_out * taps, C_in) rows
     (:func:`_rows`), the scale and the added term riding in it (``addmm``'s beta and alpha):
     for Linear, 1x1 and channels-last weights one kernel each way, else with a copy in and
-    out. Grouped weights take the per-group einsum. No in-place updates and no
-    ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed both wrongly
-    inside a custom autograd function (tests/engine/test_compile.py).
+    out. Grouped weights take the per-group einsum. No in-place updates (copies included) and
+    no ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed both wrongly
+    inside a custom autograd function (tests/engine/test_compile.py, tests/core/
+    test_training_cost.py).
     """
 
     @staticmethod
