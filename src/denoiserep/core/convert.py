@@ -212,7 +212,7 @@ def execution_order(
 
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     """Swap ``old`` for ``new`` at every path where ``old`` is registered."""
-    for module in list(model.modules(remove_duplicate=False)):
+    for module in list(model.modules()):  # each parent once: its own names are all scanned
         # ``_modules`` rather than ``named_children()``, which lists a module once however many
         # names it is registered under
         for child_name, child in list(module._modules.items()):

@@ -3,6 +3,7 @@ per image, drawn with torchvision's ``draw_bounding_boxes`` / ``draw_segmentatio
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,17 @@ def draw_detections(
             font_size=13,
             fill_labels=True,
             label_colors="white",
-            label_background_colors=box_colors,
+            **_label_backgrounds(box_colors),
         )
     return canvas
+
+
+def _label_backgrounds(box_colors: list) -> dict:
+    """The labels' background colours where torchvision takes them (0.26 does, 0.23 does not:
+    there ``fill_labels`` fills them with the box colours, the same picture)."""
+    if "label_background_colors" in inspect.signature(draw_bounding_boxes).parameters:
+        return {"label_background_colors": box_colors}
+    return {}
 
 
 def draw_label_map(
