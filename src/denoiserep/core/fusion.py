@@ -123,8 +123,7 @@ class _TrainFusedWeight(torch.autograd.Function):
     for Linear, 1x1 and channels-last weights one kernel each way, else with a copy in and
     out. Grouped weights take the per-group einsum. No in-place updates (copies included) and
     no ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed both wrongly
-    inside a custom autograd function (tests/engine/test_compile.py, tests/core/
-    test_training_cost.py).
+    inside a custom autograd function (test_compile.py and test_training_cost.py check it).
     """
 
     @staticmethod
