@@ -39,10 +39,7 @@ def fuse_weight(weight: torch.Tensor, A: torch.Tensor, groups: int = 1) -> torch
     cg = weight.shape[1]
     if A.shape != (cg * groups, cg):
         raise ValueError(f"A has shape {tuple(A.shape)}, expected {(cg * groups, cg)}")
-    fused = channel_product(weight, A, groups)
-    # exactly the weight's strides (size-1 dims included): other strides select other kernels
-    out = torch.empty_like(weight, dtype=fused.dtype, memory_format=torch.preserve_format)
-    return out.copy_(fused)
+    return _in_weight_layout(channel_product(weight, A, groups), weight)
 
 
 def apply_channel_map(x: torch.Tensor, M: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
