@@ -9,8 +9,9 @@
   or in bf16 within bf16 rounding of it with ``loss_dtype="autocast"``;
 * a re-entrant activation checkpoint under bf16 autocast trains D as a plain step does.
 
-The helpers take the device as an argument so the same checks can be dry-run on CPU
-(``python -c "import tests.core.test_cuda as t; t.check_bf16_vs_float32('cpu')"``).
+The helpers take the device as an argument; each also runs on CPU in the suite
+(``test_cuda_checks_on_cpu.py`` for the three defined here, the defining file for the others),
+so the logic of these tests is exercised where no GPU is.
 """
 
 from __future__ import annotations
