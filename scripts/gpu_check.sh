@@ -55,33 +55,27 @@ for model in $MODELS; do
         train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress
     pack_json
 done
-levers() {
-    "$PY" -m denoiserep bench --output "$WORK/bench_batch_loss" device=$DEVICE bf16=true \
+# lever NAME OVERRIDES...: the training phases of $LEVER_MODEL alone (no inference bench), the
+# bench's own settings plus OVERRIDES, into $WORK/bench_NAME
+lever() {
+    local name=$1
+    shift
+    "$PY" -m denoiserep bench --output "$WORK/bench_$name" device=$DEVICE bf16=true \
         "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=$BATCH train.steps=10 train.warmup=2 train.profile_top=12 \
-        denoise.batch_loss=true export=false --no-progress
-    "$PY" -m denoiserep bench --output "$WORK/bench_adafactor" device=$DEVICE bf16=true \
-        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
-        train.denoiser_optimizer=adafactor export=false --no-progress
-    "$PY" -m denoiserep bench --output "$WORK/bench_loss_dtype" device=$DEVICE bf16=true \
-        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[denoiser,joint]" \
-        denoise.loss_dtype=autocast export=false --no-progress
-    "$PY" -m denoiserep bench --output "$WORK/bench_unfused" device=$DEVICE bf16=true \
-        "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-        train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[joint]" \
-        train.fused_optimizer=false memory=false export=false --no-progress
+        train.batch_size=$BATCH train.steps=10 train.warmup=2 "$@" export=false --no-progress
 }
-export -f levers
+levers() {
+    lever batch_loss train.profile_top=12 denoise.batch_loss=true
+    lever adafactor "train.phases=[denoiser,joint]" train.denoiser_optimizer=adafactor
+    lever loss_dtype "train.phases=[denoiser,joint]" denoise.loss_dtype=autocast
+    lever unfused "train.phases=[joint]" train.fused_optimizer=false memory=false
+}
+export -f lever levers
 export PY WORK DEVICE LEVER_MODEL BATCH
 run_step "bench $LEVER_MODEL: batch_loss, D with Adafactor, D·x_t in bf16, unfused AdamW" 125 \
     "$OUT/bench_batch_loss.md" bash -c levers
 pack_json
 run_step "bench $LEVER_MODEL, joint step under torch.compile" 110 "$OUT/bench_compile.md" \
-    "$PY" -m denoiserep bench --output "$WORK/bench_compile" device=$DEVICE bf16=true \
-    "models=[$LEVER_MODEL]" "variants=[baseline]" "batch_sizes=[1]" repeats=2 \
-    train.batch_size=$BATCH train.steps=10 train.warmup=2 "train.phases=[joint]" \
-    train.compile=true memory=false export=false --no-progress
+    bash -c 'lever "$@"' lever compile "train.phases=[joint]" train.compile=true memory=false
 pack_json
 log "done"
