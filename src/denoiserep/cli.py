@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import yaml
 
-from .core.config import yaml_error_line
+from .core.config import load_yaml, yaml_error_line
 from .engine.config import apply_overrides, from_dict
 
 COMMANDS = {
@@ -58,7 +58,7 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path}: {yaml_error_line(e)}; fix the file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -72,8 +72,10 @@ def load_task_config(cls: type, path: str | Path | None, overrides: list[str], o
     """Defaults <- YAML file <- ``key=value`` overrides <- ``--output``."""
     data = read_config_file(path) if path is not None else {}
     apply_overrides(data, overrides)
-    if output:
+    if output is not None:
         data["output"] = output
+    if "output" in data and not str(data["output"] or "").strip():
+        raise ValueError("the output folder is empty (--output / output); name a folder")
     return from_dict(cls, data)
 
 

@@ -432,3 +432,22 @@ def test_registry_errors():
         build_classification_data("mnist")
     with pytest.raises(ValueError, match="'cub200' needs root"):
         build_classification_data("cub200")
+
+
+class _Payload:
+    """Unpickling it calls ``open(marker, 'w')``: what a crafted dataset file could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "payload-ran"
+    dump(tmp_path / "test_batch", {"labels": [1], "data": _Payload(marker)})
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR pickle: it names \S*open,"):
+        read_cifar10(tmp_path)
+    assert not marker.exists()

@@ -126,8 +126,9 @@ def test_start_from_a_checkpoint_with_baseline_epochs_zero(tmp_path, capsys, cap
 def test_old_run_folder_is_refused_clearly(tmp_path, capsys):
     out = tmp_path / "old"
     (out / "seed0" / "baseline" / "checkpoints").mkdir(parents=True)
-    (out / "config.yaml").write_text("output: old\nseeds: [0]\n")  # an earlier version's run
-    assert main(["demo", "--no-progress", "--output", str(out), *TINY]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "different run" in err and "--overwrite" in err
+    (out / "config.yaml").write_text("output: old\nseeds: [0]\n")  # no run marker
+    for overwrite in ([], ["--overwrite"]):  # a folder without the marker is never a run
+        assert main(["demo", "--no-progress", "--output", str(out), *TINY, *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a denoiserep run" in err and "marker" in err
     assert (out / "config.yaml").read_text() == "output: old\nseeds: [0]\n"

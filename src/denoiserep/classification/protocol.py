@@ -106,6 +106,25 @@ def materialize(dataset: Dataset) -> Dataset:
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
+def check_accepts(model: nn.Module, probe: torch.Tensor, name: str) -> None:
+    """Refuse, before any folder or training, a model that cannot take the data's images
+    (e.g. timm's ``vit_tiny_patch16_224``, built for 224 x 224, on 8 x 8 digits)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    except Exception as e:  # noqa: BLE001 - whatever the model raises becomes one line
+        size = "x".join(str(s) for s in probe.shape[1:])
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"model {name} cannot take the data's {size} images ({first}); set its input size "
+            "in model.kwargs (timm ViTs: {img_size: ..., patch_size: ...}, as digits_demo.yaml "
+            "does) or choose another model.name"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 class ClassificationArms(ArmsTask):
     """Data, model and evaluation of a classification run."""
 
@@ -123,6 +142,7 @@ class ClassificationArms(ArmsTask):
         self.trainer_task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
         n = min(64, len(self.test_set))
         self.probe = next(iter(DataLoader(self.test_set, batch_size=n)))[0].to(self.device)
+        check_accepts(model, self.probe[:2].cpu(), cfg.model.name)
         self._baseline_predictions: torch.Tensor | None = None
 
     @property

@@ -226,8 +226,43 @@ def coerce_fields(obj: Any) -> None:
             setattr(obj, f.name, convert_value(getattr(obj, f.name), hints[f.name], f.name))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in a YAML file names the same key twice (YAML keeps the last one silently)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice, at lines {first} and {second}")
+        self.problem = str(self)
+        self.problem_mark = None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise DuplicateKeyError(key, first, line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also refuses a key repeated in one mapping (a second
+    ``baseline:`` section, ``{epochs: 1, epochs: 3}``): YAML itself keeps the last silently."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def yaml_error_line(e: yaml.YAMLError) -> str:
     """A YAML parser error in one line: ``malformed YAML at line L, column C: problem``."""
+    if isinstance(e, DuplicateKeyError):
+        return str(e)
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
@@ -362,7 +397,7 @@ class DenoiseConfig:
         ):
             text, name = Path(source).read_text(), str(source)
         try:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{name}: {yaml_error_line(e)}") from None
         if not isinstance(data, dict):

@@ -40,7 +40,7 @@ from denoiserep.models.factory import num_parameters
 from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
 
 from . import dist
-from .config import check_training_plan, to_dict
+from .config import check_arms_trained, check_eval_batch, check_seeds, check_training_plan, to_dict
 from .report import aggregate_seeds
 from .robustness import RobustnessConfig, evaluate_robustness
 from .robustness_summary import summarize_robustness
@@ -77,10 +77,8 @@ class ArmsConfig:
             raise ValueError(f"arms must be among {ARMS[1:]}, got {bad}")
         if "denoiserep" in self.arms and self.finetune.phases == "none":
             raise ValueError("finetune.phases must name a DenoiseRep schedule, not 'none'")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        check_seeds(self.seeds)
+        check_eval_batch(getattr(self, "data", None))
         if self.latency_repeats < 1:
             raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
 
@@ -178,14 +176,16 @@ def start_run(
     """Check the plan, open the output folder, run the arms; return the final report.
 
     Call it once the task's data and model were built (bad input fails before any folder
-    exists). The folder is claimed when the first baseline is in place; a run that fails
-    before that leaves the folder as it was (``--overwrite`` included).
+    exists). The folder is claimed at the first checkpoint (or an untrained baseline's save);
+    a failure before leaves it as it was, and puts back byte for byte what --overwrite replaced.
     """
     has_weights = has_weights or bool(cfg.baseline_weights)
     schedules = [v.finetune for v in variants] if variants is not None else [cfg.finetune]
     denoising = variants is not None or "denoiserep" in cfg.arms
     for finetune in schedules:
         check_training_plan(cfg.baseline, finetune, has_weights, denoiserep_arm=denoising)
+    named = {v.name: v.finetune for v in variants} if variants is not None else {}
+    check_arms_trained(cfg.arms, cfg.finetune, named)
     run = open_run_folder(run_config.output, to_dict(run_config), overwrite, type(run_config))
     out = run.path
     runner = ArmRunner(
@@ -264,12 +264,12 @@ class ArmRunner:
         model = model.to(self.task.device)
         if self.cfg.baseline_weights:
             load_baseline_weights(model, self.cfg.baseline_weights)
-        self.on_start()  # model, weights and data are in place: the run has started
-        if self.cfg.baseline.epochs > 0:
+        if self.cfg.baseline.epochs > 0:  # its first checkpoint claims the run folder
             self.histories[str(seed)]["baseline"] = self._fit(
                 model, self.cfg.baseline, seed, "baseline"
             )
         self._save(model, seed, "baseline", "model.safetensors")
+        self.on_start()  # a baseline is in place (trained, or loaded untrained): claimed
         return model
 
     def control(self, baseline: nn.Module, seed: int) -> nn.Module:

@@ -2,14 +2,19 @@
 
 A checkpoint folder holds ``model.safetensors`` (the model as trained: converted, not fused),
 ``denoiserep.yaml`` for converted models, and ``state.pt`` (optimizer, scheduler, epoch,
-step, RNG states, history, config). ``latest`` names the newest checkpoint written. The last
+step, RNG states, history, config: tensors, numbers, strings and containers only, read back
+with ``torch.load(weights_only=True)`` so that a planted file cannot run code; one that needs
+more is refused, naming it). ``latest`` names the newest checkpoint written. The last
 two checkpoints are kept; a run resumes from the newest one that reads, and a checkpoint that
 cannot be read (truncated, corrupt) is skipped with a one-line warning naming it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -30,6 +35,7 @@ from .runs import note_started
 
 __all__ = [
     "KEEP",
+    "UntrustedCheckpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "load_state_checked",
@@ -87,15 +93,19 @@ def save_checkpoint(
     step = int(state["global_step"])
     name = f"step-{step:08d}"
     tmp = directory / f".{name}.tmp"
-    tmp.mkdir()
-    if dr.is_converted(root):
-        dr.save_converted(root, tmp)
-    else:
-        save_model(root, str(tmp / "model.safetensors"))
-    payload = dict(state, optimizer=optimizer.state_dict(), rng=_rng_state())
-    payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
-    torch.save(payload, tmp / "state.pt")
     final = directory / name
+    try:
+        tmp.mkdir()
+        if dr.is_converted(root):
+            dr.save_converted(root, tmp)
+        else:
+            save_model(root, str(tmp / "model.safetensors"))
+        payload = dict(state, optimizer=optimizer.state_dict(), rng=_rng_state())
+        payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+        torch.save(payload, tmp / "state.pt")
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(_write_failure(final, e)) from None
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     pointer = directory / f".{LATEST}.tmp"
@@ -110,6 +120,31 @@ def save_checkpoint(
     return final
 
 
+class UntrustedCheckpoint(ValueError):
+    """A ``state.pt`` that could only be read by running code it names: never unpickled."""
+
+
+# What a training state holds; a state.pt without one of these is not ours (or is damaged).
+_STATE_KEYS = ("epoch", "step", "global_step", "history", "optimizer", "scheduler", "rng")
+
+
+def _write_failure(path: Path, e: BaseException) -> str:
+    """One line for a checkpoint that could not be written. torch reports a full disk as
+    "enforce fail at inline_container.cc ... unexpected pos", so the free space decides."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < 1 << 20)
+    if full:
+        return (
+            f"no space left on the device of {path.parent} while writing checkpoint {path.name} "
+            f"({free if free is not None else 'unknown'} bytes free); free some space or choose "
+            "another output, then rerun the same command: it resumes from the last checkpoint"
+        )
+    return f"checkpoint {path} could not be written ({_first_line(e)})"
+
+
 def _read_state(path: Path) -> dict[str, Any]:
     """``state.pt`` of checkpoint ``path``, or a one-line error naming the file."""
     file = path / "state.pt"
@@ -119,6 +154,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         return cached[1]
     try:
         return _torch_state(file)
+    except UntrustedCheckpoint:
+        raise
     except Exception as e:  # noqa: BLE001 - every reader error becomes one line naming the file
         raise ValueError(
             f"checkpoint file {file} cannot be read, it is truncated or corrupt "
@@ -127,9 +164,25 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _torch_state(file: Path) -> dict[str, Any]:
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "global_step" not in state:
+    """Read a training state with ``weights_only=True``: tensors, numbers, strings and
+    containers only, so a planted file cannot run code. A file that needs more is refused."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise
+        found = re.search(r"Unsupported (?:global|operand)[^A-Za-z]*(?:GLOBAL )?([\w.]+)", str(e))
+        what = f" (it names {found.group(1)})" if found else ""
+        raise UntrustedCheckpoint(
+            f"checkpoint file {file} refused: reading it would run code it names{what}, which "
+            "a denoiserep checkpoint never holds; it was not unpickled. Delete "
+            f"{file.parent} to resume from the checkpoint before it, or use another output"
+        ) from None
+    if not isinstance(state, dict):
         raise ValueError("it holds no training state")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing or not isinstance(state["rng"], dict) or "torch" not in state["rng"]:
+        raise ValueError(f"it holds no training state (missing: {', '.join(missing) or 'rng'})")
     return state
 
 
@@ -156,6 +209,8 @@ def _problem(path: Path) -> str | None:
             return f"denoiserep.yaml: {_first_line(e)}"
     try:
         state = _torch_state(path / "state.pt")
+    except UntrustedCheckpoint:
+        raise  # not a crash's leftover: never skipped silently to an older checkpoint
     except Exception as e:  # noqa: BLE001
         return f"state.pt: {_first_line(e)}"
     _verified.clear()

@@ -18,6 +18,7 @@ from ..core.config import dataclass_from_dict, yaml_error_line
 from .phases import schedule_problem
 
 T = TypeVar("T")
+MAX_SEED = 2**32 - 1  # what every RNG a run seeds (torch, samplers, numpy) accepts
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
@@ -96,3 +97,38 @@ def check_training_plan(
             "weights report an untrained model as every arm; set baseline.epochs, "
             "finetune.epochs, model.checkpoint / model.pretrained or baseline_weights"
         )
+
+
+def check_arms_trained(arms: list[str], finetune: Any, variants: dict[str, Any]) -> None:
+    """Refuse ``finetune.epochs=0`` for arms that fine-tune (control, DenoiseRep, or the
+    ``variants``' own schedules): each would be reported, untrained, as equal to the baseline."""
+    untrained = ["control"] if "control" in arms and finetune.epochs == 0 else []
+    if variants:
+        untrained += [name for name, train in variants.items() if train.epochs == 0]
+    elif "denoiserep" in arms and finetune.epochs == 0:
+        untrained.append("denoiserep")
+    if untrained:
+        raise ValueError(
+            f"finetune.epochs=0 would leave the {' and '.join(untrained)} arm(s) untrained, "
+            "reported as equal to the baseline; set finetune.epochs >= 1, or arms=[] to "
+            "evaluate the baseline alone"
+        )
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """At least one seed, all distinct, each one every RNG of a run accepts."""
+    if not seeds:
+        raise ValueError("seeds must list at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"seeds must be integers from 0 to {MAX_SEED} (32 bits), got {bad}")
+
+
+def check_eval_batch(data: Any) -> None:
+    """A task's ``data.eval_batch_size``, when it has one, is at least 1 (checked before the
+    run folder is touched, not at the first evaluation)."""
+    size = getattr(data, "eval_batch_size", 1)
+    if size < 1:
+        raise ValueError(f"data.eval_batch_size must be >= 1, got {size}")

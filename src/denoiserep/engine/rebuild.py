@@ -38,11 +38,24 @@ def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} is not valid JSON ({e}); rerun the command to rewrite it"
         ) from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} holds no report (a JSON {type(report).__name__})")
     task = report.get("task")
     if task not in WRITERS:
         raise ValueError(
             f"{path} names no known task ({task!r}); reports can be rebuilt for: "
             f"{', '.join(WRITERS)}"
         )
-    importlib.import_module(WRITERS[task]).write_reports(report, run_dir)
+    if not isinstance(report.get("summary"), dict):
+        raise ValueError(
+            f"{path} has no 'summary' (not a finished arm's report: edited, or from another "
+            "tool); rerun the command that made the run to rewrite it"
+        )
+    try:
+        importlib.import_module(WRITERS[task]).write_reports(report, run_dir)
+    except KeyError as e:
+        raise ValueError(
+            f"{path} lacks {e} that its {task} report needs; rerun the command that made "
+            "the run to rewrite it"
+        ) from None
     return report

@@ -11,8 +11,11 @@ A run folder holds ``config.yaml`` (the run's configuration) and the marker file
   ``overwrite``. Overwriting moves the old folder aside (``.<name>.denoiserep-replaced``
   beside it) and deletes it only when the new run has started; if the new run fails before,
   the old folder is put back as it was. A crash in between is repaired on the next open.
-- A folder that holds anything else (a user's files) is never replaced, even with
-  ``overwrite``.
+- A folder is a run only if it carries the marker. A folder that holds anything else (a
+  user's files, their own ``config.yaml`` included) is never written into, replaced or
+  deleted, even with ``overwrite``.
+- An output path that is a symbolic link is followed: the run is written where it points,
+  and the link itself is never renamed or removed.
 
 API: ``run = open_run_folder(out, config, overwrite)``; write into ``run.path``; call
 ``run.started()`` once everything was validated and training begins, or ``run.failed()`` if
@@ -25,6 +28,7 @@ command fails first; outside a scope it is claimed at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -73,7 +77,13 @@ def _write(path: Path, text: str) -> None:
 
 
 def _aside(out: Path) -> Path:
-    return out.parent / f".{out.name}{ASIDE_SUFFIX}"
+    """Where ``--overwrite`` keeps the run it replaces until the new one has started: beside
+    ``out``, hidden, and within the file system's 255-byte name limit whatever ``out``'s."""
+    name = f".{out.name}{ASIDE_SUFFIX}"
+    if len(name.encode()) > 255:
+        digest = hashlib.sha1(out.name.encode()).hexdigest()[:12]
+        name = f".{out.name[:64]}.{digest}{ASIDE_SUFFIX}"
+    return out.parent / name
 
 
 def _read_yaml(path: Path) -> Any:
@@ -96,10 +106,7 @@ def _inspect(out: Path) -> str:
         marker = _read_yaml(out / MARKER)
         state = marker.get("state") if isinstance(marker, dict) else None
         return PENDING if state == PENDING else STARTED  # unreadable: keep it (started)
-    saved = _read_yaml(out / CONFIG) if CONFIG in entries else None
-    if isinstance(saved, dict) and "output" in saved:  # written by an older version
-        return PENDING if entries == {CONFIG} else STARTED
-    return "foreign"
+    return "foreign"  # no marker: the user's folder (a config.yaml of theirs included)
 
 
 def _saved_identity(out: Path, schema: type | None = None) -> dict[str, Any]:
@@ -231,6 +238,8 @@ def open_run_folder(
     configuration (without ``overwrite``) or files that are not a run (always).
     """
     out = Path(out)
+    if out.is_symlink():  # follow it: the link stays, the run goes where it points
+        out = Path(os.path.realpath(out))
     identity = run_identity(config)
     text = yaml.safe_dump(config, sort_keys=False)
     pending = yaml.safe_dump({"denoiserep_run": 1, "state": PENDING})
@@ -243,8 +252,9 @@ def open_run_folder(
         if found == "foreign":
             example = sorted(p.name for p in out.iterdir())[0]
             raise RunFolderConflict(
-                f"output folder {out} holds files that are not a denoiserep run (e.g. {example}); "
-                "it is never replaced, not even with --overwrite: choose another output"
+                f"output folder {out} holds files that are not a denoiserep run (e.g. {example}; "
+                f"no {MARKER} marker): it is never written into or replaced, not even with "
+                f"--overwrite; choose another output, e.g. --output {out / 'run'}"
             )
         if found == STARTED:
             previous = _saved_identity(out, schema)

@@ -254,96 +254,98 @@ def fit(
         disable=not (progress and dist.is_main()),
         dynamic_ncols=True,
     )
-    for epoch in range(state["epoch"], cfg.epochs):
-        phase = phase_for_epoch(cfg.phases, epoch, cfg.denoiser_epochs, cfg.alternate_every)
-        if converted:
-            dr.set_phase(model, phase or "joint")
-        runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model
-        if cfg.compile:
-            runner = torch.compile(runner)
-        if phase == "denoiser":
-            dr.train_frozen_backbone(model)
-        else:
-            model.train()
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        sums = state["sums"] if state["step"] else {}
-        speed = Throughput(cfg.batch_size)
-        for step, batch in enumerate(loader):
-            if step < state["step"]:
-                continue
-            speed.arrived()
-            torch.manual_seed(_mix(seed, epoch, step, rank))
-            generator = torch.Generator().manual_seed(_mix(seed, epoch, step, 1 << 20))
-            batch = task.to_device(batch, device)
-            batch = _augment(task, batch, generator, rows)
-            with _autocast(device, cfg.amp):
-                output = task.forward(runner, batch)
-                if phase == "denoiser":
-                    task_loss, logs = torch.zeros((), device=device), {}
-                else:
-                    task_loss, logs = task.loss(output, batch)
-                ploss = dr.denoise_loss(model) if converted else torch.zeros((), device=device)
-                loss = task_loss + lam * ploss
-            if not torch.isfinite(loss):
-                bar.close()
-                raise TrainingDiverged(
-                    f"{tag}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none'}"
+    try:  # a failure closes the log writer first: its thread must not outlive the folder
+        for epoch in range(state["epoch"], cfg.epochs):
+            phase = phase_for_epoch(cfg.phases, epoch, cfg.denoiser_epochs, cfg.alternate_every)
+            if converted:
+                dr.set_phase(model, phase or "joint")
+            runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model
+            if cfg.compile:
+                runner = torch.compile(runner)
+            if phase == "denoiser":
+                dr.train_frozen_backbone(model)
+            else:
+                model.train()
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            sums = state["sums"] if state["step"] else {}
+            speed = Throughput(cfg.batch_size)
+            for step, batch in enumerate(loader):
+                if step < state["step"]:
+                    continue
+                speed.arrived()
+                torch.manual_seed(_mix(seed, epoch, step, rank))
+                generator = torch.Generator().manual_seed(_mix(seed, epoch, step, 1 << 20))
+                batch = task.to_device(batch, device)
+                batch = _augment(task, batch, generator, rows)
+                with _autocast(device, cfg.amp):
+                    output = task.forward(runner, batch)
+                    if phase == "denoiser":
+                        task_loss, logs = torch.zeros((), device=device), {}
+                    else:
+                        task_loss, logs = task.loss(output, batch)
+                    ploss = dr.denoise_loss(model) if converted else torch.zeros((), device=device)
+                    loss = task_loss + lam * ploss
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"{tag}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none'}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                logs = dict(logs, loss=loss.item())
+                if phase != "denoiser":
+                    logs["task_loss"] = task_loss.item()
+                if converted and phase != "backbone":
+                    logs["ploss"] = ploss.item()
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                sums["n"] = sums.get("n", 0) + 1
+                state.update(step=step + 1, global_step=state["global_step"] + 1, sums=sums)
+                bar.update(1)
+                speed.done()
+                bar.set_postfix(
+                    epoch=epoch + 1,
+                    phase=phase or "-",
+                    loss=f"{logs['loss']:.4f}",
+                    **speed.postfix(),
+                    refresh=False,
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            logs = dict(logs, loss=loss.item())
-            if phase != "denoiser":
-                logs["task_loss"] = task_loss.item()
-            if converted and phase != "backbone":
-                logs["ploss"] = ploss.item()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            sums["n"] = sums.get("n", 0) + 1
-            state.update(step=step + 1, global_step=state["global_step"] + 1, sums=sums)
-            bar.update(1)
-            speed.done()
-            bar.set_postfix(
-                epoch=epoch + 1,
-                phase=phase or "-",
-                loss=f"{logs['loss']:.4f}",
-                **speed.postfix(),
-                refresh=False,
-            )
-            if cfg.ckpt_every and state["global_step"] % cfg.ckpt_every == 0:
-                checkpoint()
-        if writer is not None and speed.steps:
-            for k, v in speed.summary().items():  # timings: logged, kept out of the history
-                writer.add_scalar(f"{tag}/{k}", v, epoch + 1)
-        n = sums.pop("n", 1)
-        totals = dist.all_reduce_sum(
-            torch.tensor([sums[k] for k in sorted(sums)] + [n], dtype=torch.float64)
-        )
-        record = {k: (totals[i] / totals[-1]).item() for i, k in enumerate(sorted(sums))}
-        record.update(
-            epoch=epoch + 1,
-            phase=phase or "none",
-            lr=optimizer.param_groups[0]["lr"],
-            world_size=world,
-            steps_all_ranks=int(totals[-1].item()),
-        )
-        if eval_fn is not None:
-            record.update(eval_fn(model))
-        state["history"].append(record)
-        state.update(epoch=epoch + 1, step=0, sums={})
-        if writer is not None:
-            for k, v in record.items():
-                if isinstance(v, int | float) and math.isfinite(v) and k != "epoch":
+                if cfg.ckpt_every and state["global_step"] % cfg.ckpt_every == 0:
+                    checkpoint()
+            if writer is not None and speed.steps:
+                for k, v in speed.summary().items():  # timings: logged, kept out of the history
                     writer.add_scalar(f"{tag}/{k}", v, epoch + 1)
-        checkpoint()
-    bar.close()
-    if writer is not None:
-        writer.close()
+            n = sums.pop("n", 1)
+            totals = dist.all_reduce_sum(
+                torch.tensor([sums[k] for k in sorted(sums)] + [n], dtype=torch.float64)
+            )
+            record = {k: (totals[i] / totals[-1]).item() for i, k in enumerate(sorted(sums))}
+            record.update(
+                epoch=epoch + 1,
+                phase=phase or "none",
+                lr=optimizer.param_groups[0]["lr"],
+                world_size=world,
+                steps_all_ranks=int(totals[-1].item()),
+            )
+            if eval_fn is not None:
+                record.update(eval_fn(model))
+            state["history"].append(record)
+            state.update(epoch=epoch + 1, step=0, sums={})
+            if writer is not None:
+                for k, v in record.items():
+                    if isinstance(v, int | float) and math.isfinite(v) and k != "epoch":
+                        writer.add_scalar(f"{tag}/{k}", v, epoch + 1)
+            checkpoint()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
     augmentation = torch.Generator().manual_seed(_mix(seed, cfg.epochs, 1 << 21))
 
     def training_view(m: nn.Module, batch: Any) -> Any:  # what training normalised

@@ -15,6 +15,8 @@ order (the lower gallery index ranks first), exactly as `np.argsort(kind="stable
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 _CHUNK_ELEMENTS = 1 << 22  # distances handled at once (~4M: a few tens of MB of work arrays)
@@ -150,6 +152,26 @@ def _single_shot_cmc(
     match = picks[:, np.searchsorted(sorted_pids[starts], q_pid)]
     rank = (picks < match[:, None]).sum(axis=1) + 1  # 1-based among the picked items
     return (rank[:, None] <= np.arange(1, length + 1)[None, :]).mean(axis=0)
+
+
+def check_matches(q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> int:
+    """How many queries have a true match in the gallery (same pid, another camera); a
+    ValueError when none has, so a run can refuse such data before it trains."""
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    by_pid: dict[int, set[int]] = {}
+    for pid, cam in zip(g_pids.tolist(), g_camids.tolist(), strict=True):
+        by_pid.setdefault(pid, set()).add(cam)
+    found = sum(
+        bool(by_pid.get(pid, set()) - {cam})
+        for pid, cam in zip(q_pids.tolist(), q_camids.tolist(), strict=True)
+    )
+    if found == 0:
+        raise ValueError(
+            "no query has a true match in the gallery (same pid, different camera); "
+            "check that query and gallery pids/camids are consistent"
+        )
+    return found
 
 
 def evaluate_full(

@@ -38,6 +38,7 @@ from denoiserep.engine.trainer import TrainConfig
 from denoiserep.models import preprocessing
 
 from .datasets import ReIDDataset, build_reid_dataset, merge_datasets
+from .metrics import check_matches
 from .model import NECK_FEATS, build_reid_model
 from .sampler import RandomIdentitySampler
 from .synth import build_fashion_reid
@@ -237,6 +238,8 @@ class ReIDArms(ArmsTask):
         self.train_set = self._images(self.target.train)
         self.query_set = self._images(self.target.query)
         self.gallery_set = self._images(self.target.gallery)
+        q, g = self.query_set, self.gallery_set  # refused now, not after the baseline trained
+        check_matches(q.pids, g.pids, q.camids, g.camids)
         self.denoiser_set = self.train_set  # label_augmented: labelled, P x K batches
         if cfg.protocol == "label_free":
             self.denoiser_set = self.train_set.without_labels()

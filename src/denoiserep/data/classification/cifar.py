@@ -6,6 +6,7 @@ import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,13 +56,45 @@ CIFAR100 = CifarLayout(
 )
 
 
+# What a CIFAR pickle may name: numpy's array reconstruction (old and new module paths) and
+# the codec Python 3 uses for bytes in protocol-2 pickles. Nothing else is ever imported.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle names a global outside ``_CIFAR_GLOBALS``."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads the CIFAR format's dicts, lists, strings and numpy arrays, and refuses any other
+    class or function a pickle names, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(
+            f"it names {module}.{name}, which a CIFAR file never holds (refused: unpickling it "
+            "could run code)"
+        )
+
+
 def _load_pickle(path: str) -> dict:
-    """Unpickle one CIFAR file (Python 2 pickles: latin1 keeps the byte strings intact).
-    CIFAR's native format is pickle, so only read files from a trusted source."""
+    """Unpickle one CIFAR file (Python 2 pickles: latin1 keeps the byte strings intact) with
+    :class:`_CifarUnpickler`: only arrays, lists, dicts and strings are admitted."""
     require_file(path, "CIFAR file")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise ValueError(f"{path}: not a CIFAR pickle: {e}") from None
     except Exception as e:  # unpickling garbage can raise almost any exception type
         raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
