@@ -15,12 +15,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from denoiserep.data.augment import image_transforms
+from denoiserep.data.classification import default_transform
 from denoiserep.data.images import ListImageDataset
 from denoiserep.engine.arms import ArmsConfig, ArmsTask, Variant, start_run
 from denoiserep.engine.config import to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.models import preprocessing
 from denoiserep.models.factory import create_model
+from denoiserep.models.preprocess import check_overrides, override
+from denoiserep.models.weights import check_remap
 
 from .datasets import ArrayImageDataset, build_classification_data
 from .task import ClassificationTask, evaluate, predict
@@ -36,8 +39,12 @@ class DataConfig:
     the batch-level ``pad`` / ``flip``. Folder datasets (ImageNet layout, CUB, Pet, Flowers)
     follow the model's pretrained preprocessing (input size, mean / std, interpolation):
     RandomResizedCrop (``random_resized_crop`` scale range) + flip for training, resize and
-    centre crop for evaluation; ``input_size`` overrides the model's. ``workers``: evaluation
-    loader processes (training ones: ``baseline.workers`` / ``finetune.workers``).
+    centre crop for evaluation; ``input_size`` overrides the model's, and ``mean`` / ``std``
+    (per channel), ``interpolation`` and ``crop_pct`` override what the weights imply (a
+    checkpoint trained with other statistics than its model tag's). In-memory datasets take
+    ``mean`` / ``std`` in place of their own statistics. What was used is recorded as
+    ``preprocessing`` in results.json. ``workers``: evaluation loader processes (training ones:
+    ``baseline.workers`` / ``finetune.workers``).
     """
 
     name: str = "digits"
@@ -49,11 +56,16 @@ class DataConfig:
     input_size: int | None = None
     random_resized_crop: list[float] = field(default_factory=lambda: [0.08, 1.0])
     workers: int = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.random_resized_crop
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"random_resized_crop is a scale range in (0, 1], got {[lo, hi]}")
+        check_overrides(self.mean, self.std, self.interpolation, self.crop_pct)
 
 
 @dataclass
@@ -61,13 +73,21 @@ class ModelConfig:
     """A timm model name (or ``tv:<name>``, ``hf:<id>``), weights and keyword overrides.
 
     ``pretrained``: ``true`` for the library's default weights, or a torchvision weights name
-    (``IMAGENET1K_V2``); ``checkpoint``: a local weights file (the offline route).
+    (``IMAGENET1K_V2``); ``checkpoint``: a local weights file (the offline route);
+    ``checkpoint_key``: the entry of a training checkpoint to load (``state_dict``, ``model``,
+    ``model_ema``, ...); ``checkpoint_remap``: ordered ``[regex, replacement]`` pairs applied to
+    its keys (see ``denoiserep.models.create_model``).
     """
 
     name: str = "vit_tiny_patch16_224"
     pretrained: bool | str = False
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint_remap: list[Any] | None = None
+    checkpoint_key: str | None = None
+
+    def __post_init__(self) -> None:  # a bad remap fails before any data is read
+        check_remap(self.checkpoint_remap)
 
 
 @dataclass
@@ -81,8 +101,11 @@ class ClassifyConfig(ArmsConfig):
 
 
 def follow_model(data: Any, model: nn.Module, cfg: DataConfig) -> dict[str, Any]:
-    """Give folder datasets the model's preprocessing; return what was used."""
-    pre = dict(preprocessing(model))
+    """Give folder datasets the model's preprocessing (with the config's overrides); return
+    what was used."""
+    pre = preprocessing(
+        model, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
+    )
     if cfg.input_size:
         pre["input_size"] = cfg.input_size
     size = pre["input_size"]
@@ -96,6 +119,26 @@ def follow_model(data: Any, model: nn.Module, cfg: DataConfig) -> dict[str, Any]
         tuple(cfg.random_resized_crop),
     )
     return pre
+
+
+def restate(data: Any, cfg: DataConfig) -> dict[str, Any]:
+    """In-memory datasets normalised with ``data.mean`` / ``data.std`` instead of their own
+    statistics; return what is used. Resizing settings are refused: these keep their size."""
+    if cfg.interpolation is not None or cfg.crop_pct is not None:
+        raise ValueError(
+            f"data.interpolation and data.crop_pct set how folder datasets are resized; "
+            f"{cfg.name} is held in memory at its native size: unset them"
+        )
+    if cfg.mean is None:
+        return {"mean": list(data.mean), "std": list(data.std)}
+    sets = (data.train, data.test)
+    if not all(isinstance(d, ArrayImageDataset) for d in sets):
+        raise ValueError(f"data.mean / data.std: {cfg.name} has no image transform to set")
+    fake = {"input_size": (data.in_chans, data.img_size, data.img_size)}
+    pre = override({**fake, "mean": data.mean, "std": data.std}, cfg.mean, cfg.std)
+    for dataset in sets:
+        dataset.transform = default_transform(pre["mean"], pre["std"])
+    return {"mean": list(pre["mean"]), "std": list(pre["std"])}
 
 
 def materialize(dataset: Dataset) -> Dataset:
@@ -134,9 +177,10 @@ class ClassificationArms(ArmsTask):
         data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
         self.num_classes, self.in_chans = data.num_classes, data.in_chans
         model = self.build_model()  # a wrong name or weights file fails here, before any folder
-        self.preprocessing: dict[str, Any] = {"mean": list(data.mean), "std": list(data.std)}
         if isinstance(data.train, ListImageDataset):
-            self.preprocessing = follow_model(data, model, cfg.data)
+            self.preprocessing: dict[str, Any] = follow_model(data, model, cfg.data)
+        else:
+            self.preprocessing = restate(data, cfg.data)
         self.train_set, self.test_set = materialize(data.train), materialize(data.test)
         self.image_stats = (self.preprocessing["mean"], self.preprocessing["std"])
         self.trainer_task = ClassificationTask(cfg.label_smoothing, cfg.data.pad, cfg.data.flip)
@@ -156,6 +200,10 @@ class ClassificationArms(ArmsTask):
             kwargs["pretrained"] = m.pretrained
         if m.checkpoint:
             kwargs["checkpoint"] = m.checkpoint
+        if m.checkpoint_remap is not None:
+            kwargs["checkpoint_remap"] = m.checkpoint_remap
+        if m.checkpoint_key is not None:
+            kwargs["checkpoint_key"] = m.checkpoint_key
         return create_model(m.name, **kwargs)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -6,7 +6,12 @@ with a one-line summary of what does not match (:func:`load_state_checked`).
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import pickle
+import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +25,8 @@ from torch import nn
 from .config import DenoiseConfig, yaml_error_line
 from .convert import _state, convert, denoise_layers, set_phase, unwrap
 from .layer import PHASES
+
+log = logging.getLogger("denoiserep.models")
 
 WEIGHTS = "model.safetensors"
 META = "denoiserep.yaml"
@@ -37,9 +44,83 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or a torch file (a state dict, or one under
-    ``state_dict`` / ``model``); a missing, truncated or corrupt file is a one-line error."""
+#: Where training checkpoints keep their state dict, in the order one is chosen by default:
+#: the trained weights first (``state_dict``: timm / Lightning / mmengine; ``model``: DeiT, MAE,
+#: torchvision's references), their EMA copies only when nothing else is there.
+STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_ema", "state_dict_ema")
+#: Plain-data classes a training checkpoint often holds beside its tensors (timm / DeiT save
+#: their ``argparse`` arguments): unpickled safely, they only carry attributes.
+_SAFE_EXTRAS = (argparse.Namespace,)
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+_said: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` the first time only (a run reads its checkpoint once per model built)."""
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _unsafe_globals(path: Path, error: BaseException) -> list[str]:
+    """The classes / functions a ``weights_only`` load refused: first the one torch's error
+    names (the first met, e.g. a pickled model's own class), then those torch's disassembler
+    reads from the pickle without running it (zip files only)."""
+    names = _GLOBAL.findall(str(error))[:1]
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files: the error's name only
+        found = []
+    return names + sorted(n for n in found if n not in names)
+
+
+def _is_module_class(name: str) -> bool:
+    """``name`` (``pkg.mod.Class``) is an ``nn.Module`` subclass, judged without importing
+    anything: torch's own layers by name, other classes only if their module is loaded."""
+    if name.startswith("torch.nn.modules."):
+        return True
+    module, _, attr = name.rpartition(".")
+    cls = getattr(sys.modules.get(module), attr, None)
+    return isinstance(cls, type) and issubclass(cls, nn.Module)
+
+
+def _refusal(path: Path, names: list[str]) -> ValueError:
+    """A one-line account of a pickle that holds more than tensors (nothing of it is run)."""
+    modules = [n for n in names if _is_module_class(n)]
+    if modules:
+        top = next((n for n in modules if not n.startswith("torch.nn.")), modules[0])
+        return ValueError(
+            f"weights file {path} is a whole pickled model ({top}, written by torch.save(model)), "
+            f"not a state dict of tensors; it is not unpickled here because unpickling a "
+            f"model runs code the file names; if you trust the file, turn it into a state "
+            f"dict once with torch.save(torch.load(f, weights_only=False).state_dict(), out) "
+            f"and point model.checkpoint at out"
+        )
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") or "unknown objects"
+    return ValueError(
+        f"weights file {path} holds Python objects besides tensors ({shown}); they are not "
+        f"unpickled here because unpickling them runs code the file names; if you trust the "
+        f"file, load it in your own Python session and torch.save only its state dict "
+        f"(names -> tensors) to a new file"
+    )
+
+
+def read_weights(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a torch file: a state dict, or one nested in a
+    training checkpoint (``state_dict``, ``model``, ``model_state_dict``, ``model_ema``,
+    ``state_dict_ema``, or any other entry holding one).
+
+    ``key`` chooses the nested entry; without it the first of :data:`STATE_KEYS` present is
+    used (one logged line names it when the file holds several). A missing, truncated or
+    corrupt file, a whole pickled model (``torch.save(model)``, never unpickled here) and a
+    ``key`` the file lacks are one-line errors.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
@@ -47,28 +128,78 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(_SAFE_EXTRAS)):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "weights only" not in text.lower():
+            raise _corrupt(path, _first_line(e)) from None
+        names = _unsafe_globals(path, e)
+        if names:  # intact, but it holds more than tensors
+            raise _refusal(path, names) from None
+        operand = re.search(r"Unsupported operand \w+", text)  # garbage read as a pickle
+        raise _corrupt(path, operand.group(0) if operand else "not a pickle of tensors") from None
     except Exception as e:  # noqa: BLE001 - every reader error becomes one line naming the file
-        raise ValueError(
-            f"weights file {path} cannot be read, it is truncated or corrupt "
-            f"({_first_line(e)}); write it again"
-        ) from None
-    if isinstance(state, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not (
-        isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
-    ):
-        found = type(state).__name__
-        if isinstance(state, Mapping):
-            found += f" with keys {', '.join(list(map(str, state))[:5])}"
-        raise ValueError(
-            f"weights file {path}: expected a state dict (names -> tensors), raw or under "
-            f"'state_dict' / 'model', got a {found}"
+        raise _corrupt(path, _first_line(e)) from None
+    return dict(_select(state, path, key))
+
+
+def _corrupt(path: Path, cause: str) -> ValueError:
+    return ValueError(
+        f"weights file {path} cannot be read, it is truncated or corrupt ({cause}); write it again"
+    )
+
+
+def _select(state: Any, path: Path, key: str | None) -> Mapping[str, torch.Tensor]:
+    """The state dict in a loaded file: the file itself, or its entry ``key`` / the default."""
+    nested = (
+        [k for k, v in state.items() if isinstance(k, str) and _is_state_dict(v) and v]
+        if isinstance(state, Mapping)
+        else []
+    )
+    if key is not None:
+        if key in nested:
+            return state[key]
+        holds = (
+            f"it holds state dicts under {', '.join(map(repr, nested))}"
+            if nested
+            else "it is a plain state dict; unset model.checkpoint_key"
+            if _is_state_dict(state)
+            else f"it holds no state dict (top-level keys: {_keys(state)})"
         )
-    return dict(state)
+        raise ValueError(f"model.checkpoint_key {key!r} is not in weights file {path}: {holds}")
+    if _is_state_dict(state):
+        return state
+    known = [k for k in STATE_KEYS if k in nested]
+    if known:
+        if len(known) > 1:  # several known layouts (a model and its EMA): say which one
+            others = ", ".join(repr(k) for k in known[1:])
+            _warn_once(
+                f"weights file {path} holds several state dicts; using {known[0]!r} "
+                f"(set model.checkpoint_key to {others} for another)"
+            )
+        return state[known[0]]
+    if len(nested) == 1:
+        return state[nested[0]]
+    if nested:
+        raise ValueError(
+            f"weights file {path} holds state dicts under {', '.join(map(repr, nested))}: "
+            f"set model.checkpoint_key to the one to load"
+        )
+    found = type(state).__name__
+    if isinstance(state, Mapping):
+        found += f" with keys {_keys(state)}"
+    raise ValueError(
+        f"weights file {path}: expected a state dict (names -> tensors), raw or under "
+        f"{' / '.join(repr(k) for k in STATE_KEYS)}, got a {found}"
+    )
+
+
+def _keys(state: Any) -> str:
+    if not isinstance(state, Mapping):
+        return type(state).__name__
+    names = list(map(str, state))
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _shape(shape: tuple[int, ...]) -> str:

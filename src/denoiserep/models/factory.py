@@ -6,11 +6,12 @@ Face ones as ``hf:<hub id or local directory>`` (``transformers`` is the optiona
 
 Weights come from the libraries' own caches and hubs (``pretrained``), so a model downloaded once
 loads offline afterwards, or from a local file (``checkpoint``): ``.safetensors``, ``.pth`` /
-``.pt`` or ``.bin``, a raw state dict or one nested under ``state_dict`` / ``model``, with DDP /
-``torch.compile`` prefixes stripped and timm's own checkpoint filter applied where a model needs
-it (e.g. ViT position embeddings at another image size). A classifier head whose class count
-differs is re-initialised and one line says so; any other missing, unexpected or mis-shaped key
-is an error that lists the first few.
+``.pt``, ``.bin`` or ``.ckpt``, a raw state dict or one nested under ``state_dict`` / ``model`` /
+``model_ema`` / ... (``checkpoint_key``), its keys rewritten by ``checkpoint_remap``, with DDP /
+``torch.compile`` prefixes and one common wrapper prefix stripped and timm's own checkpoint
+filter applied where a model needs it (e.g. ViT position embeddings at another image size). A
+classifier head whose class count differs is re-initialised and one line says so; any other
+missing, unexpected or mis-shaped key is an error that lists the first few.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import timm
 import torchvision
 from torch import nn
 
-from .weights import _as_tuple, load_checkpoint, load_state, short_cause
+from .weights import _as_tuple, check_remap, load_checkpoint, load_state, short_cause
 
 log = logging.getLogger("denoiserep.models")
 
@@ -42,6 +43,9 @@ def create_model(
     name: str,
     pretrained: bool | str = False,
     checkpoint: str | os.PathLike | None = None,
+    *,
+    checkpoint_remap: list | None = None,
+    checkpoint_key: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A model by name, randomly initialised or with pretrained weights; ``kwargs`` go to it.
@@ -58,20 +62,33 @@ def create_model(
     a string names them (a timm tag, a torchvision enum name such as ``"IMAGENET1K_V2"``).
     ``checkpoint``: a local weights file loaded instead of any download (with ``pretrained``
     set too, the named weights still choose the preprocessing, see
-    :func:`denoiserep.models.preprocessing`).
+    :func:`denoiserep.models.preprocessing`). ``checkpoint_key`` names the entry of a training
+    checkpoint that holds the weights (``state_dict``, ``model``, ``model_ema``, ...; default:
+    the first of :data:`denoiserep.core.io.STATE_KEYS` present); ``checkpoint_remap`` is an
+    ordered list of ``[regex, replacement]`` pairs applied to its keys (``re.sub``, e.g.
+    ``[["^base\\.", ""]]``). Then one wrapper prefix that every key carries
+    (``module.``, ``model.``, ``base.``, ``backbone.``, ``encoder.``) is stripped when that makes
+    the keys fit, and one line says so.
     """
+    check_remap(checkpoint_remap)
+    if checkpoint is None and (checkpoint_remap or checkpoint_key is not None):
+        raise ValueError(
+            "model.checkpoint_remap and model.checkpoint_key apply to a weights file: "
+            "set model.checkpoint"
+        )
+    load = {"key": checkpoint_key, "remap": checkpoint_remap}
     if name.startswith("hf:"):
         from .hf import create_hf_classifier
 
         if isinstance(pretrained, str):
             raise ValueError(f"{name}: pretrained is true or false, got {pretrained!r}")
-        return create_hf_classifier(name[3:], pretrained, kwargs, checkpoint)
+        return create_hf_classifier(name[3:], pretrained, kwargs, checkpoint, **load)
     if name.startswith("tv:"):
         model = _create_torchvision(name, pretrained, checkpoint is None, kwargs)
     else:
         model = _create_timm(name, pretrained, checkpoint is None, kwargs)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, name=name)
+        load_checkpoint(model, checkpoint, name=name, **load)
     return model
 
 

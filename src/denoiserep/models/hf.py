@@ -77,10 +77,14 @@ def create_hf_classifier(
     pretrained: bool,
     kwargs: dict[str, Any],
     checkpoint: str | os.PathLike | None = None,
+    *,
+    key: str | None = None,
+    remap: list | None = None,
 ) -> HFImageClassifier:
     """``AutoModelForImageClassification`` for ``source`` (hub id or local directory), built
     from its config with ``kwargs`` applied, with its pretrained weights if ``pretrained``, or
-    with the weights file ``checkpoint``."""
+    with the weights file ``checkpoint`` (its entry ``key``, keys rewritten by ``remap``: see
+    :func:`denoiserep.models.weights.read_checkpoint`)."""
     transformers = require_transformers()
     name = f"hf:{source}"
     download = pretrained and checkpoint is None
@@ -95,7 +99,8 @@ def create_hf_classifier(
     if checkpoint is not None:
         from .weights import read_checkpoint
 
-        load_hf_state(wrapper, read_checkpoint(checkpoint), f"checkpoint {checkpoint}", name)
+        state = read_checkpoint(checkpoint, key=key, remap=remap)
+        load_hf_state(wrapper, state, f"checkpoint {checkpoint}", name)
     return wrapper
 
 

@@ -7,7 +7,7 @@ image-processor config; ImageNet defaults for anything else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -25,7 +25,19 @@ DEFAULTS = {
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-def preprocessing(model_or_name: nn.Module | str, pretrained: bool | str = True) -> dict[str, Any]:
+#: Interpolation names torchvision's ``InterpolationMode`` takes.
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def preprocessing(
+    model_or_name: nn.Module | str,
+    pretrained: bool | str = True,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> dict[str, Any]:
     """``dict(mean, std, interpolation, input_size, crop_pct)`` for a model or a model name.
 
     A model made by :func:`denoiserep.models.create_model` carries its weights' settings
@@ -34,13 +46,80 @@ def preprocessing(model_or_name: nn.Module | str, pretrained: bool | str = True)
     ``img_size=32``), and a 1-channel model gets the mean of the RGB statistics. A name
     resolves the weights ``pretrained`` names (default: the library's default weights) without
     building the model. ``crop_pct`` is the centre crop's share of the resized image at
-    evaluation (input size / resize size).
+    evaluation (input size / resize size). ``mean`` / ``std`` / ``interpolation`` /
+    ``crop_pct`` given here override what the weights imply (``data.mean`` ... in a run's
+    config; see :func:`override`).
     """
     if isinstance(model_or_name, str):
         cfg = _from_name(model_or_name, pretrained)
     else:
         cfg = _from_model(model_or_name)
-    return _finish(cfg)
+    return override(_finish(cfg), mean, std, interpolation, crop_pct)
+
+
+def check_overrides(
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+    where: str = "data",
+) -> None:
+    """One-line ValueError for preprocessing overrides no transform can use (``where`` is the
+    config section named in the message)."""
+    if (mean is None) != (std is None):
+        raise ValueError(
+            f"set both {where}.mean and {where}.std, or neither (then they follow the weights)"
+        )
+    if mean is not None and std is not None:
+        if not mean or len(mean) != len(std):
+            raise ValueError(
+                f"{where}.mean and {where}.std need one value per channel each, got {list(mean)} "
+                f"and {list(std)}"
+            )
+        if any(not v > 0 for v in std):
+            raise ValueError(f"{where}.std must be positive, got {list(std)}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"{where}.interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+            f"{interpolation!r}"
+        )
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise ValueError(f"{where}.crop_pct is the centre crop's share in (0, 1], got {crop_pct}")
+
+
+def override(
+    pre: dict[str, Any],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+    where: str = "data",
+) -> dict[str, Any]:
+    """``pre`` (a :func:`preprocessing` dict) with the given settings in place of the weights'.
+
+    ``mean`` / ``std`` need one value per input channel (a single value is used for every
+    channel); a count that fits neither is a one-line ValueError.
+    """
+    check_overrides(mean, std, interpolation, crop_pct, where)
+    pre = dict(pre)
+    channels = int(pre["input_size"][0])
+    for name, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        values = tuple(float(v) for v in values)
+        if len(values) == 1:
+            values *= channels
+        if len(values) != channels:
+            raise ValueError(
+                f"{where}.{name} has {len(values)} values but the model takes {channels} "
+                f"input channel(s)"
+            )
+        pre[name] = values
+    if interpolation is not None:
+        pre["interpolation"] = interpolation
+    if crop_pct is not None:
+        pre["crop_pct"] = float(crop_pct)
+    return pre
 
 
 def _from_name(name: str, pretrained: bool | str) -> dict[str, Any]:

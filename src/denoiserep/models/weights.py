@@ -1,7 +1,9 @@
 """Reading weights files and loading them into a model with a one-line account of mismatches.
 
-A checkpoint may be ``.safetensors``, ``.pth`` / ``.pt`` or ``.bin``, a raw state dict or one
-nested under ``state_dict`` / ``model``; DDP / ``torch.compile`` prefixes are stripped. A
+A checkpoint may be ``.safetensors``, ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``, a raw state dict
+or one nested under ``state_dict`` / ``model`` / ``model_ema`` / ... (``checkpoint_key``
+chooses); ``checkpoint_remap`` rewrites its keys; DDP / ``torch.compile`` prefixes are
+stripped, and so is one wrapper prefix every key carries when that makes the keys fit. A
 classifier head whose class count differs is re-initialised (one logged line); any other
 missing, unexpected or mis-shaped key is an error listing the first few.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,15 +35,107 @@ def warn_once(message: str) -> None:
 
 
 HEAD_NAMES = ("fc", "classifier", "heads", "head", "head_dist")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile, stripped from every key
+#: Prefixes stripped when every key of a checkpoint carries one and the keys then fit the model
+#: (DDP, torch.compile, Lightning / EMA wrappers, TransReID's ``base.``, mmengine's
+#: ``backbone.``, encoder-decoder wrappers).
+COMMON_PREFIXES = ("module.", "_orig_mod.", "model.", "base.", "backbone.", "encoder.")
+
+#: ``model.checkpoint_remap``: ordered (compiled regex, replacement) pairs.
+Remap = list[tuple[re.Pattern, str]]
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def check_remap(remap: Any, where: str = "model.checkpoint_remap") -> Remap:
+    """``remap`` (a list of ``[regex, replacement]`` pairs of strings) compiled, in order, or a
+    one-line ValueError naming ``where``; None is no remap."""
+    if remap is None:
+        return []
+    example = "e.g. [['^base\\.', ''], ['^head\\.', 'fc.']]"
+    if isinstance(remap, Mapping) or not isinstance(remap, list | tuple):
+        raise ValueError(
+            f"{where} is a list of [regex, replacement] pairs, {example}; got {remap!r}"
+        )
+    pairs = []
+    for i, pair in enumerate(remap):
+        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], re.Pattern):
+            pairs.append(pair)  # already checked
+            continue
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(v, str) for v in pair)
+        ):
+            raise ValueError(
+                f"{where}[{i}] must be a [regex, replacement] pair of strings, {example}; "
+                f"got {pair!r}"
+            )
+        try:
+            pattern = re.compile(pair[0])
+        except re.error as e:
+            raise ValueError(f"{where}[{i}]: {pair[0]!r} is not a valid regex ({e})") from None
+        pairs.append((pattern, pair[1]))
+    return pairs
+
+
+def remap_keys(
+    state: Mapping[str, torch.Tensor], remap: Any, where: str = "model.checkpoint_remap"
+) -> dict[str, torch.Tensor]:
+    """Rewrite every key with each ``(regex, replacement)`` pair in turn (``re.sub``, as
+    mmengine's ``revise_keys``); two keys mapped to one name are a one-line error."""
+    pairs = check_remap(remap, where)
+    if not pairs:
+        return dict(state)
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in state.items():
+        new = key
+        for i, (pattern, replacement) in enumerate(pairs):
+            try:
+                new = pattern.sub(replacement, new)
+            except (re.error, IndexError) as e:
+                raise ValueError(
+                    f"{where}[{i}]: replacement {replacement!r} is invalid for "
+                    f"{pattern.pattern!r} ({e})"
+                ) from None
+        if new in out:
+            raise ValueError(f"{where} maps both {origin[new]} and {key} to {new}")
+        out[new], origin[new] = value, key
+    return out
+
+
+def read_checkpoint(
+    path: str | os.PathLike, *, key: str | None = None, remap: Any = None
+) -> dict[str, torch.Tensor]:
     """The state dict in a weights file (``denoiserep.core.io.read_weights``: ``.safetensors``
-    or a ``torch.save`` file such as ``.pth`` / ``.pt`` / ``.bin``, raw or nested under
-    ``state_dict`` / ``model``), with ``module.`` (DDP) and ``_orig_mod.`` (torch.compile)
-    prefixes stripped."""
-    return {_strip_wrappers(k): v for k, v in read_weights(path).items()}
+    or a ``torch.save`` file such as ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``, raw or nested
+    under ``state_dict`` / ``model`` / ``model_ema`` / ..., ``key`` choosing which), its keys
+    rewritten by ``remap`` (see :func:`remap_keys`; applied to the keys as in the file), then
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes stripped."""
+    state = remap_keys(read_weights(path, key), remap)
+    return {_strip_wrappers(k): v for k, v in state.items()}
+
+
+def strip_common_prefix(
+    state: Mapping[str, torch.Tensor], expected: Iterable[str], source: str, arch: str
+) -> dict[str, torch.Tensor]:
+    """``state`` without one of :data:`COMMON_PREFIXES` when every key carries it and the keys
+    then fit the model (more of them are ``expected`` keys); one logged line says so."""
+    expected = set(expected)
+    state = dict(state)
+    best, best_hits = None, sum(k in expected for k in state)
+    for prefix in COMMON_PREFIXES:
+        if not state or not all(k.startswith(prefix) for k in state):
+            continue
+        hits = sum(k[len(prefix) :] in expected for k in state)
+        if hits > best_hits:
+            best, best_hits = prefix, hits
+    if best is None:
+        return state
+    warn_once(
+        f"{arch}: every key of {source} starts with {best!r}; loaded without it "
+        f"(model.checkpoint_remap rewrites keys otherwise)"
+    )
+    return {k[len(best) :]: v for k, v in state.items()}
 
 
 def load_checkpoint(
@@ -48,10 +144,21 @@ def load_checkpoint(
     *,
     name: str | None = None,
     heads: tuple[str, ...] | None = None,
+    key: str | None = None,
+    remap: Any = None,
 ) -> nn.Module:
-    """Load the weights file ``path`` into ``model`` (see :func:`load_state`)."""
-    state = read_checkpoint(path)
-    return load_state(model, state, source=f"checkpoint {path}", name=name, heads=heads)
+    """Load the weights file ``path`` into ``model`` (see :func:`load_state`): the state dict
+    under ``key`` (:func:`read_checkpoint`), keys rewritten by ``remap``, and one wrapper
+    prefix common to every key stripped where that makes them fit (:func:`strip_common_prefix`).
+    """
+    state = read_checkpoint(path, key=key, remap=remap)
+    source = f"checkpoint {path}"
+    arch = name or type(model).__name__
+    from .hf import HFImageClassifier
+
+    if not (isinstance(model, HFImageClassifier) or _is_transformers_model(model)):
+        state = strip_common_prefix(state, model.state_dict(), source, arch)
+    return load_state(model, state, source=source, name=name, heads=heads)
 
 
 def load_state(

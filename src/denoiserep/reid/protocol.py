@@ -36,6 +36,7 @@ from denoiserep.engine.config import from_dict, to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.trainer import TrainConfig
 from denoiserep.models import preprocessing
+from denoiserep.models.weights import check_remap
 
 from .datasets import ReIDDataset, build_reid_dataset, merge_datasets
 from .metrics import check_matches
@@ -118,8 +119,8 @@ class DataConfig(SourceConfig):
 class ModelConfig:
     """Backbone (timm name or ``tv:<name>``), its weights, keyword overrides, BNNeck options.
 
-    ``pretrained`` / ``checkpoint`` as in ``denoiserep.models.create_model`` (the backbone's
-    classifier head is dropped).
+    ``pretrained`` / ``checkpoint`` / ``checkpoint_key`` / ``checkpoint_remap`` as in
+    ``denoiserep.models.create_model`` (the backbone's classifier head is dropped).
     """
 
     name: str = "vit_small_patch16_224"
@@ -128,8 +129,11 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     last_stride: int | None = None
     neck_feat: str = "after"
+    checkpoint_remap: list[Any] | None = None
+    checkpoint_key: str | None = None
 
     def __post_init__(self) -> None:
+        check_remap(self.checkpoint_remap)
         if self.neck_feat not in NECK_FEATS:
             raise ValueError(f"neck_feat must be one of {NECK_FEATS}, got {self.neck_feat!r}")
 
@@ -273,6 +277,10 @@ class ReIDArms(ArmsTask):
         weights = {"pretrained": m.pretrained} if m.pretrained else {}
         if m.checkpoint:
             weights["checkpoint"] = m.checkpoint
+        if m.checkpoint_remap is not None:
+            weights["checkpoint_remap"] = m.checkpoint_remap
+        if m.checkpoint_key is not None:
+            weights["checkpoint_key"] = m.checkpoint_key
         return build_reid_model(
             m.name,
             self.target.num_train_pids,
