@@ -1,4 +1,4 @@
-"""Do fused denoisers help when features are quantized? (docs/robustness.md).
+"""Do fused denoisers help when features are quantized? (docs/results/robustness.md).
 
 Quantizing activations is feature noise a deployed model really meets: each layer's input is
 rounded to a grid, an error of up to half a step per entry. A fused DenoiseRep layer computes

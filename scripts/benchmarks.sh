@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Fashion-MNIST benchmarks behind README's tables (2 CPU cores; see README for wall times).
+# The Fashion-MNIST benchmarks recorded in docs/results/classification.md (2 CPU cores; wall times there).
 # Needs the Debian package dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."

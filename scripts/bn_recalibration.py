@@ -1,5 +1,6 @@
-"""Label-free closed-form denoisers with and without BatchNorm recalibration (docs/robustness.md,
-"Two more CNNs"). For every seed's baseline of ``denoiserep ablate`` runs on in-memory data:
+"""Label-free closed-form denoisers with and without BatchNorm recalibration
+(docs/results/robustness.md, "Two more CNNs"). For every seed's baseline of ``denoiserep ablate``
+runs on in-memory data:
 
 * ``baseline`` and ``baseline + BN``: the baseline, and the same with its BatchNorm statistics
   recomputed on the training images augmented as in training (pad-crop-flip, one seeded draw;

@@ -1,5 +1,5 @@
 """How much isotropic feature noise the closed-form strong-schedule steps remove, per layer
-(docs/robustness.md, "Does the ViT fail to denoise?").
+(docs/results/robustness.md, "Does the ViT fail to denoise?").
 
 For every target layer of each seed's baseline: the second moment M of the layer's input over
 the training images, the closed-form denoiser of the strong schedule

@@ -12,7 +12,7 @@ they measured, fits
     step ms = a * bf16 GFLOPs + b * float32 GFLOPs + d * other GB + c * thousand operators
 
 by non-negative least squares, and refits without each model in turn: how well a fit predicts
-the model it has not seen says whether the counts explain the times (docs/performance.md,
+the model it has not seen says whether the counts explain the times (docs/results/training-cost.md,
 "What the issue's GPU times were made of": they do not). Counts of other code are printed
 beside them, without times; scripts/gpu_check.sh measures those.
 

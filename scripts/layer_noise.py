@@ -1,4 +1,5 @@
-"""Where does feature noise hurt, and do the fused steps remove it there? (docs/robustness.md).
+"""Where does feature noise hurt, and do the fused steps remove it there?
+(docs/results/robustness.md)
 
 For every seed of ``denoiserep ablate`` runs with a label-free closed-form arm: Gaussian feature
 noise (σ relative to the input's std, ``denoiserep.core.feature_noise``) at the input of one

@@ -1,7 +1,8 @@
 """Operators one training step launches (forward + backward), per phase, against the baseline.
 
 On a GPU each of these is a kernel launch (views excluded), and a step made of many small kernels
-can be bound by launching them rather than by FLOPs (docs/performance.md, "Kernel launches";
+can be bound by launching them rather than by FLOPs (docs/results/training-cost.md, "Kernel
+launches";
 what the issue's GPU times do and do not show: scripts/gpu_cost_model.py). Counted below
 autograd with a TorchDispatchMode, so the count does not depend on the device. The optimizer
 step is left out (on CUDA, AdamW's foreach implementation updates all parameters in a few

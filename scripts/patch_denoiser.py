@@ -1,4 +1,4 @@
-"""Can a step at the patch embedding remove the noise the ViT cannot? (docs/robustness.md).
+"""Can a step at the patch embedding remove the noise the ViT cannot? (docs/results/robustness.md).
 
 ``layer_noise.py`` found the small ViT's feature-noise damage entering at its patch embedding,
 whose per-pixel step is a scalar on the 1-channel image. A patch embedding is a convolution

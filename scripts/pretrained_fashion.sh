@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README's "Start from pretrained weights" run: pretrain a small ViT on Fashion-MNIST classes 0-5,
+# The run of docs/results/pretrained-fashion.md: pretrain a small ViT on Fashion-MNIST classes 0-5,
 # then fine-tune it on classes 6-9 from that checkpoint (head re-initialised: 6 -> 4 classes),
 # with the control arm. Needs the Debian package dataset-fashion-mnist.
 set -euo pipefail

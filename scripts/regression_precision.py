@@ -1,5 +1,5 @@
 """What running the noise regression's product D·x_t in bf16 (``denoise.loss_dtype=autocast``)
-costs the denoisers, and what it saves (docs/performance.md, "The noise regression in the
+costs the denoisers, and what it saves (docs/results/training-cost.md, "The noise regression in the
 autocast dtype").
 
 The worry: at small t the noise b·eps is about 1 % of x_t, and bf16 keeps x_t to 0.4 %, so

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The robustness study behind docs/robustness.md (2 CPU cores, one thread per job).
+# The robustness study behind docs/results/robustness.md (2 CPU cores, one thread per job).
 # Needs the Debian package dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/robustness.md: denoisers trained further than robustness.sh's, on the same data, seeds,
+# docs/results/robustness.md: denoisers trained further than robustness.sh's, on the same data, seeds,
 # baselines and controls (robust_fashion_{vit,resnet}.yaml; the two backbones side by side, one
 # thread each, about 15 min on 2 cores per study).
 #   bash scripts/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor

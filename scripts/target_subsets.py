@@ -1,4 +1,4 @@
-"""Which layers' steps do the denoising? (docs/robustness.md).
+"""Which layers' steps do the denoising? (docs/results/robustness.md).
 
 ``layer_noise.py`` found feature noise harmful where it enters a network's main path, not inside
 residual branches. This script tests what that predicts for the steps themselves, with no

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/performance.md: what a per-layer token budget (denoise.loss_tokens) costs the denoiser
+# docs/results/training-cost.md: what a per-layer token budget (denoise.loss_tokens) costs the denoiser
 # on real features. One Fashion-MNIST ViT baseline (fashion_vit.yaml, seed 0), then 4 label-free
 # epochs of the denoisers (strong schedule, so that D learns visibly) with all tokens (0) and with
 # budgets of 256, 64 and 16 tokens per layer and step; compare the `ploss` of the last epoch in

@@ -21,7 +21,7 @@ from .core.config import load_yaml, yaml_error_line
 from .engine.config import apply_overrides, from_dict
 
 COMMANDS = {
-    "demo": ("denoiserep.classification.protocol", "the main job: DenoiseRep on sklearn digits"),
+    "demo": ("denoiserep.classification.protocol", "the demo: DenoiseRep on scikit-learn's digits"),
     "classify": (
         "denoiserep.classification.protocol",
         "classification: baseline, control and DenoiseRep arms",
@@ -32,7 +32,10 @@ COMMANDS = {
     ),
     "reid": ("denoiserep.reid.protocol", "re-identification: baseline, control and DenoiseRep"),
     "detect": ("denoiserep.dense.detection", "detection (Faster/Mask R-CNN) with DenoiseRep"),
-    "segment": ("denoiserep.dense.segmentation", "segmentation (FCN/DeepLabV3) with DenoiseRep"),
+    "segment": (
+        "denoiserep.dense.segmentation",
+        "segmentation (FCN, DeepLabV3, LR-ASPP, SegFormer) with DenoiseRep",
+    ),
     "bench": ("denoiserep.bench.run", "inference/training cost of fused vs baseline models"),
 }
 # commands that read a finished or interrupted run folder instead of running a config
@@ -40,6 +43,15 @@ FOLDER_COMMANDS = {
     "report": "rebuild results.md and the plots of a run folder from its results.json",
 }
 DEMO_CONFIG = "digits_demo.yaml"
+# what each command runs without --config (each module's DEFAULT_CONFIG; a test checks)
+DEFAULT_CONFIGS = {
+    "classify": "digits_demo.yaml",
+    "ablate": "ablation_fashion.yaml",
+    "reid": "reid_fashion.yaml",
+    "detect": "detect_canvas.yaml",
+    "segment": "segment_canvas.yaml",
+    "bench": "bench.yaml",
+}
 # exception types whose message alone does not say what went wrong
 _NAMED = (KeyError, IndexError, AttributeError, TypeError, AssertionError, NotImplementedError)
 
@@ -87,19 +99,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="denoiserep", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"denoiserep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        description = help_text
+        if name == "demo":
+            description += f"; runs the packaged {DEMO_CONFIG}"
+        elif name in DEFAULT_CONFIGS:
+            description += f"; without --config: the packaged {DEFAULT_CONFIGS[name]}"
+        p = sub.add_parser(name, help=help_text, description=description)
         if name != "demo":
-            p.add_argument("--config", help="YAML config (examples in src/denoiserep/configs)")
+            p.add_argument(
+                "--config",
+                metavar="FILE",
+                help="YAML config file, or the name of a packaged one (src/denoiserep/configs)",
+            )
         p.add_argument(
             "overrides",
             nargs="*",
             metavar="key.sub=value",
             help="config overrides, anywhere on the line, e.g. finetune.epochs=5 seeds=[0,1,2]",
         )
-        p.add_argument("--output", help="output folder (overrides the config's `output`)")
+        p.add_argument(
+            "--output", metavar="DIR", help="output folder (overrides the config's `output`)"
+        )
         p.add_argument(
             "--overwrite",
             action="store_true",
@@ -108,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     for name, help_text in FOLDER_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output folder")
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser

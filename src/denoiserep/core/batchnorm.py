@@ -2,11 +2,12 @@
 
 A label-free DenoiseRep phase (or ``fit_denoisers``) changes what every fused layer outputs
 while BatchNorm keeps the running mean and variance it collected under the baseline's weights.
-On some CNNs that mismatch costs far more accuracy than the denoising does (docs/robustness.md,
-"Two more CNNs": MobileNetV3, -39 points). :func:`recalibrate_batchnorm` recomputes those statistics
-in one label-free pass, as ``torch.optim.swa_utils.update_bn`` does for weight averaging, but
-with the rest of the model in eval mode: dropout off and DenoiseRep layers computing exactly
-the fused weight, so the statistics are those of the model that will be exported.
+On some CNNs that mismatch costs far more accuracy than the denoising does
+(docs/results/robustness.md, "Two more CNNs"). :func:`recalibrate_batchnorm` recomputes those
+statistics in one label-free pass, as ``torch.optim.swa_utils.update_bn`` does for weight
+averaging, but with the rest of the model in eval mode: dropout off and DenoiseRep layers
+computing exactly the fused weight, so the statistics are those of the model that will be
+exported.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def recalibrate_batchnorm(
     averaged over processes (every process should see as many batches).
 
     Pass the training images augmented as in training: the layers after each BatchNorm were
-    trained on features normalised with those statistics (clean images cost MobileNetV3 at
-    28x28 1.06 points over six seeds, 3.2 in one; docs/robustness.md).
+    trained on features normalised with those statistics (recalibrating on clean images can
+    cost accuracy: docs/results/robustness.md).
     """
     norms = batchnorm_layers(model)
     if not norms:

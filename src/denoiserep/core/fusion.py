@@ -82,9 +82,10 @@ def _unrows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _in_weight_layout(out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``out`` with exactly ``weight``'s strides (size-1 dims included), copied only if they
     differ: other strides select other convolution kernels. The copy is ``contiguous`` in the
-    weight's dim order, not ``empty_like(...).copy_``: under torch.compile, torch 2.11's
-    inductor zeroed every gradient through an in-place copy in the training product
-    (tests/engine/test_compile.py); only strides no dim order gives still copy in place."""
+    weight's dim order, not ``empty_like(...).copy_``: an in-place copy inside the training
+    product is not safe under every torch.compile backend (tests/engine/test_compile.py checks
+    the gradients; CHANGELOG.md has the history); only strides no dim order gives still copy
+    in place."""
     if out.stride() == weight.stride():
         return out
     order = sorted(range(weight.dim()), key=lambda d: -weight.stride(d))  # outermost first
@@ -119,8 +120,9 @@ class _TrainFusedWeight(torch.autograd.Function):
     (:func:`_rows`), the scale and the added term riding in it (``addmm``'s beta and alpha):
     for Linear, 1x1 and channels-last weights one kernel each way, else with a copy in and
     out. Grouped weights take the per-group einsum. No in-place updates (copies included) and
-    no ``add(..., alpha=)``: under torch.compile, torch 2.11's inductor computed both wrongly
-    inside a custom autograd function (test_compile.py and test_training_cost.py check it).
+    no ``add(..., alpha=)``: both are not computed correctly by every torch.compile backend
+    inside a custom autograd function (test_compile.py and test_training_cost.py check it;
+    CHANGELOG.md has the history).
     """
 
     @staticmethod

@@ -4,7 +4,7 @@ A residual block adds its branch to an identity (or one-layer) shortcut, so the 
 input to the output that crosses the fewest Linear / Conv layers runs through the stem, the
 downsampling shortcuts and the head, and through no residual branch. On the robustness studies'
 CNNs the denoising steps on these layers do all the denoising that steps on every layer do, for a
-small part of the training cost (docs/robustness.md, "Which steps do the work"); hence the
+small part of the training cost (docs/results/robustness.md, "Which steps do the work"); hence the
 ``targets="main_path"`` preset.
 
 The route is found on the autograd graph of one forward: each candidate layer's output node costs

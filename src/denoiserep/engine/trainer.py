@@ -49,8 +49,9 @@ class TrainConfig:
     ``denoiser_optimizer``: ``same`` (D in the backbone's optimizer) or ``adafactor`` (D in its
     own factored-moment optimizer: 2·C_in² fewer floats of state per layer with AdamW).
     ``fused_optimizer``: torch's fused AdamW / SGD kernel (``engine.optim.build_optimizer``:
-    fewer passes over D's C_in² entries per layer). Off by default so that the figures in
-    README and docs, all measured without it, reproduce bit for bit; the GPU configs turn it on.
+    fewer passes over D's C_in² entries per layer). Off by default so that the recorded
+    results (docs/results), all measured without it, reproduce bit for bit; the GPU configs
+    turn it on.
     ``denoiser_init``: ``zero`` (D as converted) or ``closed_form``: before the first epoch
     every D is set to the minimiser of its expected noise-prediction loss on the training
     images (one label-free pass, no augmentation: ``core.closed_form.fit_denoisers``).
@@ -370,9 +371,8 @@ def _finish_batchnorm(
     epoch) ends the run and left them stale.
 
     Augmented, not clean: the layers after each BatchNorm were trained on features normalised
-    with the augmented images' statistics. Recalibrated on clean images, MobileNetV3's
-    baseline lost 1.06 points of clean test accuracy over six seeds (3.2 in one), on augmented
-    ones 0.12 (docs/robustness.md, "Two more CNNs")."""
+    with the augmented images' statistics, and recalibrating on clean images instead can cost
+    clean accuracy (docs/results/robustness.md, "Two more CNNs", has a measurement)."""
     if not batchnorm_layers(model):
         if cfg.recalibrate_bn and dist.is_main():
             tqdm.write(f"{tag}: recalibrate_bn: the model has no BatchNorm statistics")

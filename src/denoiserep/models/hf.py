@@ -23,7 +23,7 @@ from torch import nn
 
 log = logging.getLogger("denoiserep.models")
 
-INSTALL_HINT = "Hugging Face models need transformers: pip install 'denoiserep[hf]'"
+INSTALL_HINT = "Hugging Face models need transformers: pip install -e '.[hf]' in a checkout"
 #: create_model keywords with another name in a transformers config.
 CONFIG_ALIASES = {"num_classes": "num_labels", "in_chans": "num_channels", "img_size": "image_size"}
 
