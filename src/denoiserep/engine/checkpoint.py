@@ -103,9 +103,10 @@ def save_checkpoint(
         payload = dict(state, optimizer=optimizer.state_dict(), rng=_rng_state())
         payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
         torch.save(payload, tmp / "state.pt")
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and the OS each say it their way
+        message = _write_failure(final, e)  # free space measured before the cleanup
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(_write_failure(final, e)) from None
+        raise OSError(message) from None
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     pointer = directory / f".{LATEST}.tmp"
@@ -130,12 +131,14 @@ _STATE_KEYS = ("epoch", "step", "global_step", "history", "optimizer", "schedule
 
 def _write_failure(path: Path, e: BaseException) -> str:
     """One line for a checkpoint that could not be written. torch reports a full disk as
-    "enforce fail at inline_container.cc ... unexpected pos", so the free space decides."""
+    "enforce fail at inline_container.cc ... unexpected pos", so the free space decides
+    where the error does not say it."""
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
-    full = getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < 1 << 20)
+    said = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+    full = said or (free is not None and free < 1 << 20)
     if full:
         return (
             f"no space left on the device of {path.parent} while writing checkpoint {path.name} "
