@@ -38,5 +38,13 @@ def test_mkdocs_build_strict(tmp_path):
 
     for name in denoiserep.__all__ + denoiserep.models.__all__:
         assert f'id="denoiserep.{name}"' in api or f'id="denoiserep.models.{name}"' in api, name
+    assert ":func:" not in api and ":class:" not in api  # Sphinx roles rendered (docgen.roles)
     config = (site / "reference/config/index.html").read_text()
     assert "data.root" in config and "model.checkpoint" in config
+
+
+def test_sphinx_roles_become_code_spans():
+    from denoiserep.docgen.roles import plain
+
+    text = "See :func:`fuse`, :class:`~denoiserep.DenoiseConfig` and :py:meth:`A.b` (``x``)."
+    assert plain(text) == "See `fuse`, `denoiserep.DenoiseConfig` and `A.b` (``x``)."
