@@ -27,6 +27,17 @@ MODELS = {
     "timm_swin_tiny": lambda: timm.create_model(
         "swin_tiny_patch4_window7_224", img_size=64, window_size=4, num_classes=10
     ),
+    # SwinV2 (the paper's Swin rows): log-spaced continuous position bias MLP, scaled cosine
+    # attention, post-norm; the smallest shape that keeps every layer kind
+    "timm_swinv2_tiny": lambda: timm.create_model(
+        "swinv2_tiny_window8_256",
+        img_size=32,
+        window_size=4,
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 2, 2),
+        num_classes=10,
+    ),
     "timm_resnet18": lambda: timm.create_model("resnet18", num_classes=10),
     "timm_convnext_atto": lambda: timm.create_model("convnext_atto", num_classes=10),
     "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
