@@ -87,7 +87,11 @@ def create_model(
         model = _create_torchvision(name, pretrained, checkpoint is None, kwargs)
     else:
         model = _create_timm(name, pretrained, checkpoint is None, kwargs)
-    if checkpoint is not None:
+    if checkpoint is not None and name.startswith("vmamba"):  # official layout converted
+        from .vmamba_official import load_vmamba_checkpoint
+
+        load_vmamba_checkpoint(model, checkpoint, name=name, **load)
+    elif checkpoint is not None:
         load_checkpoint(model, checkpoint, name=name, **load)
     return model
 

@@ -14,7 +14,9 @@ layer wrapping and weight fusion, hooks, FLOP counters) see every embedding laye
 that are not embedding layers (A_logs, Ds, dt_bias) stay plain ``nn.Parameter``s.
 
 Importing this module registers ``vmamba_micro``, ``vmamba_tiny``, ``vmamba_small`` and
-``vmamba_base`` with timm, so ``timm.create_model("vmamba_tiny", num_classes=10)`` works.
+``vmamba_base`` with timm, so ``timm.create_model("vmamba_tiny", num_classes=10)`` works. The
+official v0 checkpoints convert to this layout (:mod:`denoiserep.models.vmamba_official`;
+``checkpoint_filter_fn`` here follows timm's convention).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from torch import Tensor, nn
 
 from denoiserep.data.constants import IMAGENET_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from denoiserep.models.scan import selective_scan
+from denoiserep.models.vmamba_official import checkpoint_filter_fn
 
 __all__ = [
     "SS2D",
     "VMamba",
     "VSSBlock",
+    "checkpoint_filter_fn",
     "cross_merge",
     "cross_scan",
     "vmamba_base",
@@ -357,9 +361,14 @@ default_cfgs = generate_default_cfgs(
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs: object) -> VMamba:
     """Build a registered variant; ``img_size`` only sets ``pretrained_cfg['input_size']``."""
     if pretrained:
-        raise ValueError(f"no pretrained weights exist for {variant}; use pretrained=False")
+        raise ValueError(
+            f"no pretrained weights exist for {variant} to download: load an official VMamba v0 "
+            f"file (vssmtiny_dp01_ckpt_epoch_292.pth, ...) with model.checkpoint=PATH"
+        )
     img_size = to_2tuple(kwargs.pop("img_size", 224))
-    model = build_model_with_cfg(VMamba, variant, pretrained, **kwargs)
+    model = build_model_with_cfg(
+        VMamba, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs
+    )
     model.pretrained_cfg["input_size"] = (model.patch_embed.proj.in_channels, *img_size)
     return model
 
