@@ -30,6 +30,7 @@ COMMAND_OF = {
     "reid_tiny": "reid",
     "market_vit_b": "reid",
     "market_resnet50": "reid",
+    "market_transreid_ssl_vit_s": "reid",
     "detect_canvas": "detect",
     "detect_tiny": "detect",
     "coco_maskrcnn_r50": "detect",
@@ -41,6 +42,7 @@ COMMAND_OF = {
 PAPER = {
     "market_vit_b": "data/market1501",
     "market_resnet50": "data/market1501",
+    "market_transreid_ssl_vit_s": "data/market1501",
     "imagenet_swin_t": "data/imagenet",
     "imagenet_vit_b": "data/imagenet",
     "coco_maskrcnn_r50": "data/coco",

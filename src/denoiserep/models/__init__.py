@@ -1,5 +1,6 @@
 """Model creation (timm, torchvision ``tv:``, Hugging Face ``hf:``), weights and preprocessing."""
 
+from . import transreid  # noqa: F401  (registers transreid_ssl_* with timm)
 from .factory import (
     OFFLINE_ROUTE,
     PretrainedWeightsUnavailable,

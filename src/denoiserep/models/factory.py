@@ -83,6 +83,10 @@ def create_model(
         if isinstance(pretrained, str):
             raise ValueError(f"{name}: pretrained is true or false, got {pretrained!r}")
         return create_hf_classifier(name[3:], pretrained, kwargs, checkpoint, **load)
+    if name.startswith("transreid_ssl_"):  # TransReID-SSL ViTs: their checkpoints' layout
+        from .transreid import create_transreid
+
+        return create_transreid(name, pretrained, checkpoint, kwargs, **load)
     if name.startswith("tv:"):
         model = _create_torchvision(name, pretrained, checkpoint is None, kwargs)
     else:
