@@ -227,6 +227,7 @@ def test_robustness_corrupts_queries_then_both(tmp_path, capsys):
         "robustness.feature_bits=[2]",
         "robustness.feature_ranges=static",  # the classification test runs per-sample ranges
         "robustness.calibration_images=8",
+        "robustness.corrupt_gallery=true",  # the both/ scores (off by default)
     )
     for arm in ("baseline", "control", "denoiserep"):
         res = report["robustness"]["0"][arm]

@@ -8,9 +8,9 @@ returns the dataset the task should evaluate on (corrupted for a corruption, unc
 data, feature noise and quantized features, cut to ``max_images`` when set). So
 
 * classification: ``lambda model, cond: evaluate(model, cond(test_set, (mean, std)))``;
-* re-ID: ``cond(query, stats)`` with the clean gallery, and, for "both corrupted",
-  ``cond(gallery, stats, limit=False)`` as well, returned under prefixed keys (``both/mAP``);
-  feature noise and quantized features need no dataset change.
+* re-ID: ``cond(query, stats)`` with the clean gallery, and, with ``corrupt_gallery: true``
+  ("both corrupted"), ``cond(gallery, stats, limit=False)`` as well, returned under prefixed
+  keys (``both/mAP``); feature noise and quantized features need no dataset change.
 
 Feature noise is applied by :func:`evaluate_robustness` around the call, through
 :func:`denoiserep.core.feature_noise.feature_noise` on ``layer_names`` (pass the same names to
@@ -50,11 +50,14 @@ class RobustnessConfig:
     ``enabled`` is for the engine (run it or not); ``table`` picks the corruption parameters
     (``"imagenet"``: ImageNet-C's, ``"cifar"``: CIFAR-10-C's, milder, made for 32 px images);
     ``max_images`` evaluates corruptions, feature noise and the clean reference on the first
-    ``max_images`` test images only (None: all). ``feature_bits`` (off by default): the bit
-    widths each target layer's input is rounded to, one evaluation per width; over each
-    sample's own range (``feature_ranges: per_sample``, as dynamic quantization does) or over
-    one calibrated range per layer, clipped (``static``, as post-training INT8 quantization
-    does; the min and max over the first ``calibration_images`` training images).
+    ``max_images`` test images only (None: all; re-ID: the first queries, against the whole
+    gallery). ``feature_bits`` (off by default): the bit widths each target layer's input is
+    rounded to, one evaluation per width; over each sample's own range (``feature_ranges:
+    per_sample``, as dynamic quantization does) or over one calibrated range per layer, clipped
+    (``static``, as post-training INT8 quantization does; the min and max over the first
+    ``calibration_images`` training images). ``corrupt_gallery`` (re-ID) also scores every
+    corruption with the gallery corrupted the same way, under ``both/`` keys; off by default, as
+    it re-embeds the whole gallery per corruption x severity, queries-only re-embeds the queries.
     """
 
     enabled: bool = False
@@ -67,6 +70,7 @@ class RobustnessConfig:
     seed: int = 0
     max_images: int | None = None
     table: str = "imagenet"
+    corrupt_gallery: bool = False
 
     def __post_init__(self) -> None:
         self.corruptions = list(self.corruptions)
@@ -108,6 +112,8 @@ class RobustnessConfig:
             raise ValueError(
                 f"max_images must be a positive integer or None, got {self.max_images}"
             )
+        if not isinstance(self.corrupt_gallery, bool):
+            raise ValueError(f"corrupt_gallery must be true or false, got {self.corrupt_gallery!r}")
         if self.table not in TABLES:
             raise ValueError(f"table must be one of {', '.join(TABLES)}, got {self.table!r}")
 

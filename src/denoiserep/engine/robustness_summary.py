@@ -42,8 +42,10 @@ def summarize_robustness(
     corruptions); ``CE`` / ``mCE`` and ``relative_CE`` / ``relative_mCE`` in % against the
     ``baseline`` arm as in ImageNet-C (None without a baseline arm, or where the baseline's
     summed error is 0); ``feature_noise`` (per sigma) and ``mFA`` (their mean);
-    ``feature_bits`` (per bit width, empty when not evaluated). Every arm must have the same
-    corruptions, severities, sigmas and bit widths.
+    ``feature_bits`` (per bit width, empty when not evaluated); ``mCA_both``, the mCA with
+    the gallery corrupted too (re-ID's ``both/`` scores, ``robustness.corrupt_gallery``), None
+    where an arm lacks them (``"both"`` in the summary says whether every arm has them). Every
+    arm must have the same corruptions, severities, sigmas and bit widths.
     """
     if not per_arm:
         raise ValueError("summarize_robustness: no arms")
@@ -68,6 +70,14 @@ def summarize_robustness(
 
     def error(arm: str, c: str, s: str) -> float:
         return scale - _get(per_arm[arm]["corruptions"][c][s], metric, f"{arm}/{c}/{s}")
+
+    both_key = f"both/{metric}"
+
+    def both_mca(res: dict[str, Any]) -> float | None:
+        values = [
+            res["corruptions"][c][s].get(both_key) for c in corruptions for s in severities[c]
+        ]
+        return _mean(values) if values and None not in values else None
 
     arms: dict[str, Any] = {}
     for arm, res in per_arm.items():
@@ -97,6 +107,7 @@ def summarize_robustness(
             s: _mean(acc[c][s] for c in corruptions if s in acc[c]) for s in all_sev
         }
         row["mFA"] = _mean(row["feature_noise"].values())
+        row["mCA_both"] = both_mca(res)
         if baseline in per_arm:
             base_clean = scale - _get(per_arm[baseline]["clean"], metric, f"{baseline}/clean")
             for c in corruptions:
@@ -118,6 +129,7 @@ def summarize_robustness(
         "severities": severities,
         "sigmas": sigmas,
         "bits": widths,
+        "both": bool(arms) and all(row["mCA_both"] is not None for row in arms.values()),
         "arms": arms,
     }
 
@@ -133,7 +145,9 @@ def robustness_table(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
     sigmas = summary["sigmas"]
     widths = summary.get("bits", [])
+    both = bool(summary.get("both"))
     head = ["arm", f"clean {metric}", "mCA", "mCE (%)", "rel. mCE (%)"]
+    head += ["mCA, gallery corrupted too"] if both else []
     head += [f"σ={s}" for s in sigmas] + (["mean σ"] if sigmas else [])
     head += [f"{b}-bit features" for b in widths]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -145,6 +159,7 @@ def robustness_table(summary: dict[str, Any]) -> str:
             _fmt(row["mCE"], 1),
             _fmt(row["relative_mCE"], 1),
         ]
+        cells += [_fmt(row.get("mCA_both"))] if both else []
         cells += [_fmt(row["feature_noise"][s]) for s in sigmas]
         cells += [_fmt(row["mFA"])] if sigmas else []
         cells += [_fmt(row.get("feature_bits", {}).get(b)) for b in widths]

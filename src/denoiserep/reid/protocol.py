@@ -21,6 +21,7 @@ Metrics (mAP, Rank-1/5/10, mINP) are reported as mean and std over seeds.
 from __future__ import annotations
 
 import shutil
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ from .metrics import check_matches
 from .model import NECK_FEATS, build_reid_model
 from .sampler import RandomIdentitySampler
 from .synth import build_fashion_reid
-from .task import DISTANCES, ReIDImageDataset, ReIDTask, evaluate_reid
+from .task import (
+    DISTANCES,
+    ReIDImageDataset,
+    ReIDTask,
+    evaluate_reid,
+    extract_features,
+    rank_features,
+)
 
 PROTOCOLS = ("label_free", "label_augmented", "merged")
 LABELLED_SCHEDULES = ("backbone", "joint", "alternating")
@@ -251,17 +259,11 @@ class ReIDArms(ArmsTask):
             sources = [self.target, *(load_source(s) for s in cfg.data.sources())]
             self.denoiser_set = self._images(merge_datasets(sources).train).without_labels()
         loss, data = cfg.loss, cfg.data
-        self.trainer_task = ReIDTask(
-            loss.label_smoothing,
-            loss.triplet_margin,
-            loss.id_weight,
-            loss.triplet_weight,
-            data.pad,
-            data.flip,
-            data.erasing,
-        )
+        weights = (loss.label_smoothing, loss.triplet_margin, loss.id_weight, loss.triplet_weight)
+        self.trainer_task = ReIDTask(*weights, data.pad, data.flip, data.erasing)
         n = min(64, len(self.query_set))
         self.probe = torch.stack([self.query_set[i][0] for i in range(n)]).to(self.device)
+        self._clean_gallery: tuple[weakref.ref, torch.Tensor] | None = None  # evaluate_under
 
     @property
     def convert_input(self) -> dict[str, Any]:
@@ -309,19 +311,38 @@ class ReIDArms(ArmsTask):
     robustness_metric = "mAP"
 
     def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
-        """Queries corrupted with a clean gallery, and (``both/``) both corrupted."""
-        stats = self.image_stats
-        query = condition(self.query_set, stats, limit=False)
-        metrics = self._scalars(self.evaluate(model, query))
-        if condition.kind == "corruption":
+        """Queries corrupted against the clean gallery (embedded once per arm, at ``clean``;
+        feature noise and bits change the model, so they embed it again); with
+        ``robustness.corrupt_gallery`` also (``both/``) against the gallery corrupted alike.
+        ``max_images`` keeps the first queries, always against the whole gallery."""
+        e, stats = self.cfg.eval, self.image_stats
+
+        def embed(dataset: Any) -> torch.Tensor:
+            return extract_features(model, dataset, e.batch_size, e.flip)
+
+        query = condition(self.query_set, stats)
+        qf = embed(query)
+        if condition.kind == "feature_noise" or condition.kind == "feature_bits":
+            gf = embed(self.gallery_set)
+        else:
+            cached = self._clean_gallery
+            if condition.kind == "clean" or cached is None or cached[0]() is not model:
+                self._clean_gallery = (weakref.ref(model), embed(self.gallery_set))
+            gf = self._clean_gallery[1]
+        metrics = self._rank(qf, gf)
+        if condition.kind == "corruption" and self.cfg.robustness.corrupt_gallery:
             gallery = condition(self.gallery_set, stats, limit=False)
-            both = self._scalars(self.evaluate(model, query, gallery))
+            both = self._rank(qf, embed(gallery))
             metrics.update({f"both/{k}": v for k, v in both.items()})
         return metrics
 
-    @staticmethod
-    def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-        return {k: v for k, v in metrics.items() if not isinstance(v, list | tuple)}
+    def _rank(self, qf: torch.Tensor, gf: torch.Tensor) -> dict[str, float]:
+        """The scalar metrics of the first ``len(qf)`` queries' features against ``gf``."""
+        e = self.cfg.eval
+        rerank = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value} if e.rerank else None
+        args = (e.normalize, e.distance, rerank, e.max_rank)
+        r = rank_features(qf, gf, self.query_set, self.gallery_set, *args)
+        return {k: v for k, v in r.items() if k != "cmc"}
 
     def fit_options(self, arm: str, train: TrainConfig, seed: int) -> dict[str, Any]:
         """The labelled set trains on P x K batches; an unlabelled one on the trainer's shuffle."""

@@ -231,6 +231,22 @@ def evaluate_reid(
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     qf = extract_features(model, query, batch_size, flip)
     gf = extract_features(model, gallery, batch_size, flip)
+    return rank_features(qf, gf, query, gallery, normalize, distance, rerank, max_rank)
+
+
+def rank_features(
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    query: ReIDImageDataset,
+    gallery: ReIDImageDataset,
+    normalize: bool = True,
+    distance: str = "euclidean",
+    rerank: dict[str, Any] | None = None,
+    max_rank: int = 50,
+) -> dict[str, Any]:
+    """:func:`evaluate_reid`'s metrics from features already embedded: the first ``len(qf)``
+    queries of ``query`` against ``gallery`` (robustness scoring reuses one gallery's)."""
+    n = len(qf)
     if normalize:
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
     distmat = distance_matrix(qf, gf, distance)
@@ -238,7 +254,8 @@ def evaluate_reid(
         distmat = re_ranking(
             distmat, distance_matrix(qf, qf, distance), distance_matrix(gf, gf, distance), **rerank
         )
-    r = evaluate_full(distmat, query.pids, gallery.pids, query.camids, gallery.camids, max_rank)
-    metrics = {k: 100.0 * r[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
+    q_pids, q_camids = query.pids[:n], query.camids[:n]
+    r = evaluate_full(distmat, q_pids, gallery.pids, q_camids, gallery.camids, max_rank)
+    metrics = {k: 100.0 * float(r[k]) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
     metrics["cmc"] = (100.0 * r["cmc"]).tolist()
     return metrics
