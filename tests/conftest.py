@@ -69,3 +69,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def check_fused_against_reference(original, converted, fused, x, tol: float) -> dict:
+    """The exactness check every architecture's test makes: with its denoisers randomised,
+    ``fused`` (a plain model of ``original``'s class, same keys and parameter count) equals
+    ``original`` run with the explicit reverse step before each target layer, to ``tol``
+    relative, and the denoisers change the output clearly. Returns the outputs (``baseline``,
+    ``reference``, ``fused``, ``converted``: the converted model in eval mode)."""
+    with torch.no_grad():
+        baseline = original(x)
+        handles = add_reference_hooks(original, converted)
+        reference = original(x)
+        for handle in handles:
+            handle.remove()
+        out_fused = fused(x)
+        out_converted = converted.eval()(x)
+    assert type(fused) is type(original)
+    assert rel_err(reference, baseline) > 1e-2, "denoisers must change the output clearly"
+    assert rel_err(out_fused, reference) < tol
+    assert fused.state_dict().keys() == original.state_dict().keys()
+    count = sum(p.numel() for p in original.parameters())
+    assert sum(p.numel() for p in fused.parameters()) == count
+    outputs = {"baseline": baseline, "reference": reference}
+    return outputs | {"fused": out_fused, "converted": out_converted}
