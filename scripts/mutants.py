@@ -234,8 +234,8 @@ MUTANTS = [
     Mutant(
         "resume replays the steps a checkpoint already holds",
         "engine/trainer.py",
-        'if step < state["step"]:\n                continue',
-        "if False:\n                continue",
+        'if step < state["step"]:\n                    continue',
+        "if False:\n                    continue",
         KILL,
     ),
     Mutant(
