@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -44,6 +45,18 @@ def add_reference_hooks(original: nn.Module, converted: nn.Module) -> list:
     return handles
 
 
+@contextlib.contextmanager
+def reference_step(original: nn.Module, converted: nn.Module):
+    """Within the block, ``original`` applies the explicit reverse step of ``converted``'s
+    denoisers before each target layer (:func:`add_reference_hooks`); the hooks go after."""
+    handles = add_reference_hooks(original, converted)
+    try:
+        yield original
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def randomize_denoisers(model: nn.Module, strength: float = 0.1, seed: int = 0) -> None:
     """Non-trivial denoisers: each reverse step moves its input by about ``strength``."""
     import denoiserep as dr
@@ -79,10 +92,8 @@ def check_fused_against_reference(original, converted, fused, x, tol: float) -> 
     ``reference``, ``fused``, ``converted``: the converted model in eval mode)."""
     with torch.no_grad():
         baseline = original(x)
-        handles = add_reference_hooks(original, converted)
-        reference = original(x)
-        for handle in handles:
-            handle.remove()
+        with reference_step(original, converted):
+            reference = original(x)
         out_fused = fused(x)
         out_converted = converted.eval()(x)
     assert type(fused) is type(original)

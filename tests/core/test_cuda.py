@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset
 import denoiserep as dr
 from denoiserep.classification.task import ClassificationTask
 from denoiserep.engine.trainer import TrainConfig, fit
-from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
+from tests.conftest import randomize_denoisers, reference_step, rel_err
 from tests.core.test_checkpointing import check_bf16_checkpointed_step
 from tests.core.test_loss_dtype import check_autocast_product
 from tests.core.test_training_cost import check_bf16_products
@@ -70,10 +70,8 @@ def check_fused_equals_eval(name: str, device: str) -> None:
         with tf32(False) if device == "cuda" else contextlib.nullcontext():
             assert torch.equal(converted(x), fused(x))
             baseline = original(x)
-            handles = add_reference_hooks(original, converted)
-            reference = original(x)
-            for h in handles:
-                h.remove()
+            with reference_step(original, converted):
+                reference = original(x)
             out = fused(x)
     assert rel_err(reference, baseline) > 1e-2, "denoisers must change the output clearly"
     # full float32 (TF32 off): the export is exact up to float rounding, as on CPU

@@ -11,16 +11,20 @@ import pytest
 from denoiserep import cli, docgen
 
 
+def _field_value(f: dataclasses.Field, default=None):
+    """Field ``f``'s value in ``default`` (an instance), else the field's own default."""
+    if default is not None:
+        return getattr(default, f.name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _keys(cls: type, default=None, prefix: str = "") -> set[str]:
     """Every dotted key of a config dataclass, walked here independently of docgen."""
     out = set()
     for f in dataclasses.fields(cls):
-        if default is not None:
-            value = getattr(default, f.name)
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            value = f.default
+        value = _field_value(f, default)
         out.add(prefix + f.name)
         if dataclasses.is_dataclass(value):
             out |= _keys(type(value), value, prefix + f.name + ".")
@@ -76,12 +80,7 @@ def _classes(cls: type, default=None, found=None) -> dict[str, type]:
             found[klass.__name__] = klass
             found[f"{klass.__module__}.{klass.__qualname__}"] = klass
     for f in dataclasses.fields(cls):
-        if default is not None:
-            value = getattr(default, f.name)
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            value = f.default
+        value = _field_value(f, default)
         if dataclasses.is_dataclass(value):
             _classes(type(value), value, found)
     return found

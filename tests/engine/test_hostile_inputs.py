@@ -14,19 +14,10 @@ import pytest
 import torch
 
 from denoiserep.cli import main
+from tests.engine.test_run_folder import TINY_DEMO as TINY
 from tests.engine.test_run_folder import one_line_error, snapshot
 from tests.reid.test_reid_pipeline import TINY as REID_TINY
 from tests.reid.test_reid_pipeline import write_market
-
-TINY = [
-    "--no-progress",
-    "model.kwargs={img_size: 8, patch_size: 4, embed_dim: 16, depth: 1, num_heads: 2}",
-    "baseline.epochs=1",
-    "finetune.epochs=2",
-    "finetune.denoiser_epochs=0",
-    "arms=[denoiserep]",
-    "robustness.enabled=false",
-]
 
 
 def demo(out: Path, *extra: str) -> list[str]:

@@ -81,6 +81,18 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+# the smallest `denoiserep demo` that trains every phase (seconds): a 1-block ViT, 1 + 2 epochs
+TINY_DEMO = [
+    "--no-progress",
+    "model.kwargs={img_size: 8, patch_size: 4, embed_dim: 16, depth: 1, num_heads: 2}",
+    "baseline.epochs=1",
+    "finetune.epochs=2",
+    "finetune.denoiser_epochs=0",
+    "arms=[denoiserep]",
+    "robustness.enabled=false",
+]
+
+
 def one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -210,21 +222,11 @@ def test_a_checkpoint_claims_the_folder_inside_the_command(tmp_path):
 def test_real_pipeline_failed_overwrite_keeps_the_run(tmp_path, capsys):
     """The same as the first test with ``denoiserep demo`` itself."""
     out = tmp_path / "a"
-    tiny = [
-        "--no-progress",
-        "model.kwargs={img_size: 8, patch_size: 4, embed_dim: 16, depth: 1, num_heads: 2}",
-        "baseline.epochs=1",
-        "finetune.epochs=2",
-        "finetune.denoiser_epochs=0",
-        "arms=[denoiserep]",
-        "robustness.enabled=false",
-    ]
-    assert main(["demo", "--output", str(out), *tiny]) == 0
+    assert main(["demo", "--output", str(out), *TINY_DEMO]) == 0
     capsys.readouterr()
     before = snapshot(out)
-    err = one_line_error(
-        capsys, ["demo", "--output", str(out), "--overwrite", *tiny, "model.name=no_such_model"]
-    )
+    argv = ["demo", "--output", str(out), "--overwrite", *TINY_DEMO, "model.name=no_such_model"]
+    err = one_line_error(capsys, argv)
     assert "no_such_model" in err
     assert snapshot(out) == before
     assert sorted(os.listdir(tmp_path)) == ["a"]

@@ -14,7 +14,7 @@ from torch import nn
 
 import denoiserep as dr
 from denoiserep.models import create_model
-from tests.conftest import add_reference_hooks, randomize_denoisers, rel_err
+from tests.conftest import randomize_denoisers, reference_step, rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -83,10 +83,8 @@ def test_fused_equals_reference(name, dtype, tol):
 
     with torch.no_grad():
         baseline = logits(original)
-        handles = add_reference_hooks(original, converted)
-        reference = logits(original)
-        for h in handles:
-            h.remove()
+        with reference_step(original, converted):
+            reference = logits(original)
         out_fused = logits(fused)
         out_converted = logits(converted.eval())
         for layer in dr.denoise_layers(converted).values():
