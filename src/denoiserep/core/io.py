@@ -57,8 +57,9 @@ _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _said: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
-    """Log ``message`` the first time only (a run reads its checkpoint once per model built)."""
+def warn_once(message: str) -> None:
+    """Log a warning the first time it occurs in this process (a run builds its model, and
+    reads its checkpoint, once per seed: the user needs to read it once)."""
     if message not in _said:
         _said.add(message)
         log.warning(message)
@@ -174,7 +175,7 @@ def _select(state: Any, path: Path, key: str | None) -> Mapping[str, torch.Tenso
     if known:
         if len(known) > 1:  # several known layouts (a model and its EMA): say which one
             others = ", ".join(repr(k) for k in known[1:])
-            _warn_once(
+            warn_once(
                 f"weights file {path} holds several state dicts; using {known[0]!r} "
                 f"(set model.checkpoint_key to {others} for another)"
             )

@@ -20,18 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from denoiserep.core.io import read_weights
+from denoiserep.core.io import read_weights, warn_once
 
 log = logging.getLogger("denoiserep.models")
-_said: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    """Log a warning the first time it occurs in this process (a run builds its model once per
-    seed; the user needs to read that the head was re-initialised once)."""
-    if message not in _said:
-        _said.add(message)
-        log.warning(message)
 
 
 HEAD_NAMES = ("fc", "classifier", "heads", "head", "head_dist")
