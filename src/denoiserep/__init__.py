@@ -7,7 +7,6 @@ loss = task_loss + cfg.loss_weight * dr.denoise_loss(model)
 plain = dr.fuse(model)
 """
 
-from .core.batchnorm import recalibrate_batchnorm
 from .core.closed_form import fit_denoisers
 from .core.config import DenoiseConfig
 from .core.convert import (
@@ -34,6 +33,7 @@ from .core.fusion import apply_channel_map, fuse_weight, reverse_step_matrix
 from .core.io import load_converted, save_converted
 from .core.layer import DenoiseLayer
 from .core.schedule import NoiseSchedule, cosine_schedule, linear_schedule
+from .util.batchnorm import recalibrate_batchnorm
 
 __version__ = "0.1.0"
 

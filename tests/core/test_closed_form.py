@@ -25,7 +25,7 @@ def optimum(tokens: torch.Tensor) -> torch.Tensor:
 
 def one_layer(base: nn.Module, x: torch.Tensor) -> nn.Module:
     model = dr.convert(nn.Sequential(base), STRONG, x)
-    assert model[0]._noise == pytest.approx((math.sqrt(A2), math.sqrt(B2)))
+    assert model[0].noise_coefficients == pytest.approx((math.sqrt(A2), math.sqrt(B2)))
     return model
 
 
@@ -86,7 +86,7 @@ def test_inputs_are_the_baselines_and_the_model_state_is_restored():
     torch.manual_seed(5)
     fit_denoisers(model, x)
     assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is untouched
-    a, b = model[3]._noise
+    a, b = model[3].noise_coefficients
     m = hidden.double().T @ hidden.double() / 64
     d = b * torch.linalg.inv(a * a * m + b * b * torch.eye(7, dtype=torch.float64))
     torch.testing.assert_close(model[3].D.double(), d, rtol=1e-5, atol=1e-6)

@@ -23,11 +23,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision import transforms as T
 
-from denoiserep.classification.protocol import ClassificationArms, ClassifyConfig
+from denoiserep.classification.task import ClassificationExperiment, ClassifyConfig
 from denoiserep.cli import main
 from denoiserep.engine.config import from_dict
 from denoiserep.models import create_model, preprocessing, read_checkpoint
-from denoiserep.reid.protocol import ReIDConfig
+from denoiserep.reid.task import ReIDConfig
 
 NAME = "vit_tiny_patch16_224"
 KW = {"img_size": 8, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -348,7 +348,7 @@ OVERRIDE = {
 def test_normalisation_override_reaches_the_transforms(tmp_path):
     write_folder(tmp_path / "data")
     data = dict(FOLDER["data"], root=str(tmp_path / "data"), **OVERRIDE)
-    task = ClassificationArms(from_dict(ClassifyConfig, dict(FOLDER, data=data)))
+    task = ClassificationExperiment(from_dict(ClassifyConfig, dict(FOLDER, data=data)))
     for transform in (task.train_set.transform, task.test_set.transform):
         (norm,) = [t for t in transform.transforms if isinstance(t, T.Normalize)]
         assert list(norm.mean) == OVERRIDE["mean"] and list(norm.std) == OVERRIDE["std"]
@@ -358,7 +358,7 @@ def test_normalisation_override_reaches_the_transforms(tmp_path):
     crop = task.train_set.transform.transforms[0]
     assert crop.interpolation == T.InterpolationMode.BICUBIC
     # without the overrides: the weights' own (timm's resnet10t: ImageNet statistics)
-    plain = ClassificationArms(
+    plain = ClassificationExperiment(
         from_dict(
             ClassifyConfig, dict(FOLDER, data=dict(FOLDER["data"], root=str(tmp_path / "data")))
         )
@@ -409,7 +409,7 @@ def test_in_memory_data_takes_mean_std_and_refuses_resizing(tmp_path, capsys):
     cfg = from_dict(
         ClassifyConfig, {"data": {"mean": [0.25], "std": [0.5]}, "model": {"kwargs": KW}}
     )
-    task = ClassificationArms(cfg)
+    task = ClassificationExperiment(cfg)
     image = task.train_set.tensors[0][0]
     assert image.min().item() == pytest.approx(-0.5)  # black pixels: (0 - 0.25) / 0.5
     err = error_of(capsys, classify(tmp_path / "b", "data.crop_pct=0.9"))

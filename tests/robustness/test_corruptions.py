@@ -10,14 +10,14 @@ import pytest
 import scipy.ndimage
 import torch
 
-from denoiserep.data.corruptions import (
+from denoiserep.data.idx import read_idx
+from denoiserep.robustness.corruptions import (
     CORRUPTIONS,
     PARAMETERS,
     CorruptedDataset,
     corrupt,
     parameter,
 )
-from denoiserep.data.idx import read_idx
 
 FASHION = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.core.feature_noise import feature_noise, target_layers
+from denoiserep.robustness.feature_noise import feature_noise, target_layers
 from tests.conftest import randomize_denoisers
 
 

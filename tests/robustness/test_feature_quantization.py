@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import denoiserep as dr
-from denoiserep.core.feature_noise import (
+from denoiserep.robustness.feature_noise import (
     calibrate_ranges,
     feature_quantization,
     quantize_per_sample,

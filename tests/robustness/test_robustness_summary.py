@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from denoiserep.core.feature_noise import calibrate_ranges
-from denoiserep.engine.robustness import (
+from denoiserep.robustness.evaluate import (
     Condition,
     RobustnessConfig,
     evaluate_robustness,
@@ -19,6 +18,7 @@ from denoiserep.engine.robustness import (
     robustness_table,
     summarize_robustness,
 )
+from denoiserep.robustness.feature_noise import calibrate_ranges
 
 
 def arm(clean, gaussian, contrast, noise, bits=(80.0, 30.0)):

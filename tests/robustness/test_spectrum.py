@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.core.spectrum import denoiser_spectrum, plot_spectrum, step_eigenvalues
+from denoiserep.core.spectrum import denoiser_spectrum, step_eigenvalues
+from denoiserep.engine.report import plot_spectrum
 from tests.conftest import randomize_denoisers, reference_reverse_matrix
 
 

@@ -14,12 +14,12 @@ from torch import nn
 from torch.autograd import DeviceType
 
 import denoiserep as dr
+from denoiserep.engine.latency import time_interleaved
 from denoiserep.engine.optim import build_optimizer
 from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
 
 from .config import MB, BenchConfig
 from .flops import flops_by_dtype
-from .latency import time_interleaved
 from .measure import autocast, ratio, stats_ms
 from .memory import module_tensors, optimizer_tensors, peak_memory, tensor_bytes
 

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoiserep.util.forward import run_batches
+
 from .convert import denoise_layers, unwrap
-from .diagnostics import layer_inputs, run_batches
+from .diagnostics import layer_inputs
 from .layer import DenoiseLayer
 
 
@@ -83,7 +85,7 @@ def fit_denoisers(
     finally:
         for name, layer in layers.items():
             layer.phase = phases[name]
-            layer.last_loss = layer._pending = layer._deferred = None
+            layer.clear_losses()
             if layer.shared_draws is not None:
                 layer.shared_draws.clear()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -97,7 +99,7 @@ def fit_denoisers(
         acc = moments[name]
         if acc.tokens == 0:
             raise ValueError(f"fit_denoisers: layer {name} saw no input (is it on the path?)")
-        a, b = layer._noise
+        a, b = layer.noise_coefficients
         eye = torch.eye(acc.width, dtype=torch.float64, device=acc.sum.device)
         s = a * a * acc.sum / acc.tokens + b * b * eye
         s_inv = torch.cholesky_inverse(torch.linalg.cholesky(s))

@@ -13,8 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoiserep.util.forward import call, modes_restored
+from denoiserep.util.modules import unwrap
+
 from .config import DenoiseConfig
-from .forward import call, modes_restored
 from .layer import (
     PHASES,
     SUPPORTED_TYPES,
@@ -41,17 +43,6 @@ class ConvertState:
     config: DenoiseConfig
     frozen: frozenset[str]
     phase: str = "joint"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def is_converted(model: nn.Module) -> bool:

@@ -8,14 +8,15 @@ once they return. ``explicit_denoising`` is the public switch to the paper's unf
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from denoiserep.util.forward import modes_restored
+
 from .convert import denoise_layers, unwrap
-from .forward import modes_restored
 
 
 @contextlib.contextmanager
@@ -52,34 +53,6 @@ def layer_inputs(model: nn.Module, add: Callable[[str, torch.Tensor], None]) -> 
     finally:
         for hook in hooks:
             hook.remove()
-
-
-def _default_forward(model: nn.Module, batch: Any) -> None:
-    device = next(model.parameters()).device
-    if isinstance(batch, (tuple, list)):
-        batch = batch[0]
-    if isinstance(batch, dict):
-        model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-    else:
-        model(batch.to(device))
-
-
-def run_batches(
-    model: nn.Module,
-    data: torch.Tensor | Iterable[Any],
-    forward: Callable[[nn.Module, Any], Any] | None = None,
-    max_batches: int | None = None,
-) -> None:
-    """Run ``model`` without gradients on one input batch (a tensor) or an iterable of batches
-    (a tuple / list batch is read as ``(inputs, labels, ...)``, a dict as keyword inputs), at
-    most ``max_batches`` of them; ``forward(model, batch)`` runs models that take other inputs."""
-    run = forward or _default_forward
-    batches = [data] if isinstance(data, torch.Tensor) else data
-    with torch.no_grad():
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            run(model, batch)
 
 
 def denoising_strength(model: nn.Module) -> list[dict[str, Any]]:

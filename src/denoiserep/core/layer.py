@@ -107,7 +107,7 @@ class DenoiseLayer(nn.Module):
     @t.setter
     def t(self, value: int) -> None:
         self._k, self._inv_sqrt_alpha = self.schedule.reverse_coefficients(int(value))
-        self._noise = self.schedule.noise_coefficients(int(value))
+        self.noise_coefficients = self.schedule.noise_coefficients(int(value))  # (a, b)
         self._t = int(value)
         self._eval_cache = None
 
@@ -229,7 +229,7 @@ class DenoiseLayer(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x0 = self._tokens(x.detach()).float()
             eps = torch.randn_like(x0)
-            a, b = self._noise
+            a, b = self.noise_coefficients
             return a * x0 + b * eps, eps
 
     def _score_noised(self, xt: torch.Tensor, eps: torch.Tensor, low: bool) -> torch.Tensor:
@@ -238,14 +238,29 @@ class DenoiseLayer(nn.Module):
         with torch.autocast(xt.device.type, enabled=False):
             return score(pred.float(), eps, self.loss)
 
-    def _score_deferred(self) -> None:
+    def score_deferred(self) -> None:
         """Score the loss a forward without gradients left (see :meth:`_record_loss`), under
-        the autocast dtype it ran in."""
+        the autocast dtype it ran in; nothing when none is waiting."""
+        if self._deferred is None:
+            return
         xt, eps, dtype = self._deferred
         self._deferred = None
         low = dtype is not None
         with torch.autocast(xt.device.type, dtype=dtype, enabled=low):
             self.last_loss = self._score_noised(xt, eps, low)
+
+    @property
+    def pending_input(self) -> torch.Tensor | None:
+        """The sampled input a ``batch_loss`` forward left for its group's loss (None if none)."""
+        return self._pending
+
+    def release_pending(self) -> None:
+        """Drop the pending input once its group has taken it."""
+        self._pending = None
+
+    def clear_losses(self) -> None:
+        """Forget the last loss and anything waiting to be scored."""
+        self.last_loss = self._pending = self._deferred = None
 
     def in_autocast_dtype(self, device: torch.device) -> bool:
         """Whether D·x_t runs in the autocast dtype now (``loss_dtype="autocast"`` and
@@ -297,7 +312,7 @@ class DenoiseLayer(nn.Module):
         if not recomputing:
             if self._pending is not None and self.shared_draws:
                 self.shared_draws.clear()  # the last forward's losses were never scored
-            self.last_loss = self._pending = self._deferred = None
+            self.clear_losses()
             self.precision.clear()
         if not self.training:
             if self.explicit:

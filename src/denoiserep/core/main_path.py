@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .forward import call, modes_restored
+from denoiserep.util.forward import call, modes_restored
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

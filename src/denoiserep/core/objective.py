@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from .fusion import apply_channel_map
 
-if TYPE_CHECKING:
-    from .layer import DenoiseLayer
+
+class PendingLayer(Protocol):
+    """What :func:`compute_pending_losses` reads and sets on a layer
+    (:class:`~denoiserep.core.layer.DenoiseLayer` is one)."""
+
+    D: torch.Tensor
+    loss: str
+    loss_dtype: str
+    last_loss: torch.Tensor | None
+    precision: dict[str, torch.dtype]
+    shared_draws: dict[tuple, torch.Tensor] | None
+    noise_coefficients: tuple[float, float]
+
+    @property
+    def pending_input(self) -> torch.Tensor | None: ...
+
+    def release_pending(self) -> None: ...
+
+    def score_deferred(self) -> None: ...
+
+    def in_autocast_dtype(self, device: torch.device) -> bool: ...
 
 
 def score(
@@ -44,7 +63,7 @@ def _noise_coefficients(
     return torch.tensor(noise, dtype=torch.float32, device=device).T.reshape(2, -1, 1, 1)
 
 
-def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
+def compute_pending_losses(layers: Iterable[PendingLayer]) -> None:
     """Score the inputs that the last forward of ``batch_loss`` layers left pending.
 
     Layers whose sampled inputs have equal shapes (and equal loss kinds and dtypes) form a
@@ -54,26 +73,25 @@ def compute_pending_losses(layers: Iterable[DenoiseLayer]) -> None:
     draws differ. Groups are scored in the order of ``layers`` (execution order, as
     ``denoise_layers`` gives them), so a seed fixes the draws. The token-index draws the
     layers shared in that forward (:attr:`DenoiseLayer.shared_draws`) are released. A loss
-    left by a forward without gradients (:meth:`DenoiseLayer._record_loss`) is scored too.
+    left by a forward without gradients (``DenoiseLayer.score_deferred``) is scored too.
     """
-    groups: dict[tuple, list[DenoiseLayer]] = {}
+    groups: dict[tuple, list[PendingLayer]] = {}
     for layer in layers:
-        if layer._deferred is not None:
-            layer._score_deferred()
+        layer.score_deferred()
         if layer.shared_draws:
             layer.shared_draws.clear()  # the next forward draws anew
-        if layer._pending is not None:
-            x0 = layer._pending
+        x0 = layer.pending_input
+        if x0 is not None:
             key = (tuple(x0.shape), x0.device, layer.loss, layer.loss_dtype)
             groups.setdefault(key, []).append(layer)
     for (_, device, kind, _), group in groups.items():
         low = group[0].in_autocast_dtype(device)
         with torch.autocast(device.type, enabled=False):
-            xt = torch.stack([layer._pending for layer in group]).float()  # a fresh copy
+            xt = torch.stack([layer.pending_input for layer in group]).float()  # a fresh copy
             for layer in group:
-                layer._pending = None  # freed as soon as stacked
+                layer.release_pending()  # freed as soon as stacked
             eps = torch.randn_like(xt)
-            a, b = _noise_coefficients(tuple(layer._noise for layer in group), device)
+            a, b = _noise_coefficients(tuple(layer.noise_coefficients for layer in group), device)
             xt.mul_(a).addcmul_(b, eps)  # x_t = a x_0 + b eps, in place: no group-sized temporaries
         # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
         maps = zip(xt.unbind(), group, strict=True)

@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoiserep.util.forward import run_batches
+
 from .convert import denoise_layers
-from .diagnostics import layer_inputs, run_batches
+from .diagnostics import layer_inputs
 from .fusion import apply_channel_map
 from .layer import DenoiseLayer
 
@@ -167,60 +169,3 @@ def denoiser_spectrum(
     for row in rows:
         row.update(accumulators[row["name"]].stats())
     return rows
-
-
-def plot_spectrum(rows: list[dict[str, Any]], path: str, title: str | None = None) -> None:
-    """Layer depth on the x axis; top: the band of eigenvalues (real parts) of k_t D, their mean
-    and k_t; bottom: variance removed and relative change on data (when measured)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not rows:
-        raise ValueError("plot_spectrum: no layers")
-    depth = [r.get("depth", i) for i, r in enumerate(rows)]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.12 * len(rows) + 4), 6.5))
-    top.fill_between(
-        depth,
-        [r["eig_min"] for r in rows],
-        [r["eig_max"] for r in rows],
-        alpha=0.3,
-        step="mid",
-        label="eigenvalues of $k_t D$ (min..max, real part)",
-    )
-    top.plot(depth, [r["eig_mean_real"] for r in rows], "o-", ms=3, label="mean eigenvalue")
-    top.plot(depth, [r["k_t"] for r in rows], "k--", lw=1, label="$k_t$ (eigenvalue if D = I)")
-    top.axhline(0.0, color="grey", lw=0.5)
-    top.set_ylabel("eigenvalue of $k_t D$")
-    top.legend(fontsize=7, loc="upper left", framealpha=0.7)
-    top.set_title(title or "learned reverse steps, by layer (execution order)")
-    measured = [r for r in rows if r.get("variance_removed") is not None]
-    if measured:
-        d = [r.get("depth", 0) for r in measured]
-        bottom.plot(
-            d,
-            [r["variance_removed"] for r in measured],
-            "o-",
-            ms=3,
-            label="variance removed by $A_t$",
-        )
-        bottom.plot(
-            d,
-            [r["denoiser_variance_removed"] for r in measured],
-            "s-",
-            ms=3,
-            label="variance removed by $I - k_t D$",
-        )
-        bottom.plot(
-            d, [r["relative_change"] for r in measured], "^:", ms=3, label="$||A_t x - x|| / ||x||$"
-        )
-        bottom.axhline(0.0, color="grey", lw=0.5)
-        bottom.legend(fontsize=8)
-    else:
-        bottom.text(0.5, 0.5, "not measured on data", ha="center", va="center")
-    bottom.set_xlabel("layer depth (0 = first executed)")
-    bottom.set_ylabel("share of the layer input")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -38,9 +38,10 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from denoiserep.core.io import load_state_checked
-from denoiserep.models.factory import _DOWNLOAD_ERRORS, _unavailable, tv_weights
-from denoiserep.models.weights import load_checkpoint, read_checkpoint
+from denoiserep.models.hub import DOWNLOAD_ERRORS, tv_weights, unavailable
+from denoiserep.models.loading import load_checkpoint
+from denoiserep.models.weights import read_checkpoint
+from denoiserep.util.state_dict import load_state_checked
 
 DETECTORS = {"fasterrcnn": FasterRCNN, "maskrcnn": MaskRCNN}
 DETECTION_BACKBONES = (
@@ -140,8 +141,8 @@ def build_detector(
             norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
             trainable_layers=trainable_layers,
         )
-    except _DOWNLOAD_ERRORS as e:
-        raise _unavailable(f"{backbone} ({backbone_weights})", e) from None
+    except DOWNLOAD_ERRORS as e:
+        raise unavailable(f"{backbone} ({backbone_weights})", e) from None
     anchors = AnchorGenerator(
         tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)
     )
@@ -207,8 +208,8 @@ def build_segmenter(
                 aux_loss=aux_loss,
                 **kwargs,
             )
-        except _DOWNLOAD_ERRORS as e:
-            raise _unavailable(f"{name} ({backbone_weights})", e) from None
+        except DOWNLOAD_ERRORS as e:
+            raise unavailable(f"{name} ({backbone_weights})", e) from None
         if checkpoint is not None:
             load_checkpoint(model, checkpoint, name=name, heads=SEGMENTATION_HEADS)
     if bn_momentum is not None:

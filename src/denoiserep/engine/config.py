@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ..core.config import dataclass_from_dict, yaml_error_line
+from denoiserep.util.config import dataclass_from_dict, yaml_error_line
+
 from .phases import schedule_problem
 
 T = TypeVar("T")

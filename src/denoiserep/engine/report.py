@@ -135,7 +135,7 @@ def robustness_section(report: dict[str, Any], metric: str) -> list[str]:
     per_arm = robustness_over_seeds(report)
     if not per_arm:
         return []
-    from .robustness_summary import robustness_table, summarize_robustness
+    from denoiserep.robustness.summary import robustness_table, summarize_robustness
 
     seeds = len(report["robustness"])
     first = next(iter(next(iter(report["robustness"].values())).values()))["config"]
@@ -162,11 +162,66 @@ def write_figures(report: dict[str, Any], out: Path, metric: str) -> None:
     """robustness.png (metric against severity / sigma) and spectrum_<arm>.png, if measured."""
     per_arm = robustness_over_seeds(report)
     if per_arm:
-        from .robustness_summary import plot_robustness
+        from denoiserep.robustness.summary import plot_robustness
 
         plot_robustness(per_arm, str(out / "robustness.png"), metric=metric)
     if report.get("spectrum"):
-        from denoiserep.core.spectrum import plot_spectrum
-
         for arm, rows in report["spectrum"].items():
             plot_spectrum(rows, out / f"spectrum_{arm}.png", title=f"{arm_label(arm)}: k_t D")
+
+
+def plot_spectrum(rows: list[dict[str, Any]], path: str, title: str | None = None) -> None:
+    """Layer depth on the x axis; top: the band of eigenvalues (real parts) of k_t D, their mean
+    and k_t; bottom: variance removed and relative change on data (when measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("plot_spectrum: no layers")
+    depth = [r.get("depth", i) for i, r in enumerate(rows)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.12 * len(rows) + 4), 6.5))
+    top.fill_between(
+        depth,
+        [r["eig_min"] for r in rows],
+        [r["eig_max"] for r in rows],
+        alpha=0.3,
+        step="mid",
+        label="eigenvalues of $k_t D$ (min..max, real part)",
+    )
+    top.plot(depth, [r["eig_mean_real"] for r in rows], "o-", ms=3, label="mean eigenvalue")
+    top.plot(depth, [r["k_t"] for r in rows], "k--", lw=1, label="$k_t$ (eigenvalue if D = I)")
+    top.axhline(0.0, color="grey", lw=0.5)
+    top.set_ylabel("eigenvalue of $k_t D$")
+    top.legend(fontsize=7, loc="upper left", framealpha=0.7)
+    top.set_title(title or "learned reverse steps, by layer (execution order)")
+    measured = [r for r in rows if r.get("variance_removed") is not None]
+    if measured:
+        d = [r.get("depth", 0) for r in measured]
+        bottom.plot(
+            d,
+            [r["variance_removed"] for r in measured],
+            "o-",
+            ms=3,
+            label="variance removed by $A_t$",
+        )
+        bottom.plot(
+            d,
+            [r["denoiser_variance_removed"] for r in measured],
+            "s-",
+            ms=3,
+            label="variance removed by $I - k_t D$",
+        )
+        bottom.plot(
+            d, [r["relative_change"] for r in measured], "^:", ms=3, label="$||A_t x - x|| / ||x||$"
+        )
+        bottom.axhline(0.0, color="grey", lw=0.5)
+        bottom.legend(fontsize=8)
+    else:
+        bottom.text(0.5, 0.5, "not measured on data", ha="center", va="center")
+    bottom.set_xlabel("layer depth (0 = first executed)")
+    bottom.set_ylabel("share of the layer input")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

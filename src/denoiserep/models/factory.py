@@ -24,19 +24,16 @@ import timm
 import torchvision
 from torch import nn
 
-from .weights import _as_tuple, check_remap, load_checkpoint, load_state, short_cause
+from .hub import (
+    DOWNLOAD_ERRORS,
+    has_weights,
+    tv_weights,
+    unavailable,
+)
+from .loading import load_checkpoint, load_state
+from .weights import as_tuple, check_remap
 
 log = logging.getLogger("denoiserep.models")
-
-#: What a failed download suggests instead (one line, ends every offline error).
-OFFLINE_ROUTE = (
-    "without network the weights must already be in the library's cache, "
-    "or set model.checkpoint to a local weights file (.safetensors, .pth/.pt, .bin)"
-)
-
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """Pretrained weights could neither be downloaded nor found in the library's cache."""
 
 
 def create_model(
@@ -126,42 +123,20 @@ def _create_timm(
             )
     try:
         model = timm.create_model(name, pretrained=bool(pretrained) and download, **kwargs)
-    except _DOWNLOAD_ERRORS as e:
-        raise _unavailable(name, e) from None
+    except DOWNLOAD_ERRORS as e:
+        raise unavailable(name, e) from None
     if pretrained and download:
         cfg = model.pretrained_cfg
         n_model, n_weights = getattr(model, "num_classes", 0), cfg.get("num_classes", 0)
         if cfg.get("classifier") and n_model and n_weights and n_model != n_weights:
             keys = ", ".join(
-                f"{h}.{p}" for h in _as_tuple(cfg["classifier"]) for p in ("weight", "bias")
+                f"{h}.{p}" for h in as_tuple(cfg["classifier"]) for p in ("weight", "bias")
             )
             log.warning(
                 f"{name}: classifier head ({keys}) re-initialised for {n_model} classes "
                 f"(the pretrained weights have {n_weights})"
             )
     return model
-
-
-# -- torchvision --------------------------------------------------------------------------------
-def tv_weights(tv_name: str, pretrained: bool | str = True) -> Any:
-    """The torchvision weights enum member for ``pretrained`` (True: ``DEFAULT``; a string:
-    ``"IMAGENET1K_V2"`` or ``"ResNet50_Weights.IMAGENET1K_V2"``), or None without weights."""
-    try:
-        enum = torchvision.models.get_model_weights(tv_name)
-    except ValueError:
-        if pretrained:
-            raise ValueError(f"torchvision model {tv_name!r} has no pretrained weights") from None
-        return None
-    if not pretrained:
-        return None
-    key = "DEFAULT" if pretrained is True else str(pretrained).split(".")[-1]
-    try:
-        return enum[key]
-    except KeyError:
-        names = ", ".join(w.name for w in enum)
-        raise ValueError(
-            f"torchvision {tv_name} has no weights {pretrained!r}; choose one of {names}"
-        ) from None
 
 
 def _create_torchvision(
@@ -191,39 +166,10 @@ def _create_torchvision(
                 )
                 model = torchvision.models.get_model(tv_name, weights=None, **kwargs)
                 load_state(model, source.state_dict(), source=str(weights), name=name)
-    except _DOWNLOAD_ERRORS as e:
-        raise _unavailable(f"{name} ({weights})", e) from None
+    except DOWNLOAD_ERRORS as e:
+        raise unavailable(f"{name} ({weights})", e) from None
     # preprocessing follows these weights (or the default ones when trained from scratch)
-    if weights is None and _has_weights(tv_name):
+    if weights is None and has_weights(tv_name):
         weights = tv_weights(tv_name, True)
     model._denoiserep_weights = str(weights) if weights is not None else None
     return model
-
-
-def _has_weights(tv_name: str) -> bool:
-    try:
-        torchvision.models.get_model_weights(tv_name)
-    except ValueError:
-        return False
-    return True
-
-
-# -- loading weights ----------------------------------------------------------------------------
-def _download_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError]  # URLError, hub errors, connection errors
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-_DOWNLOAD_ERRORS = _download_errors()
-
-
-def _unavailable(what: str, error: BaseException) -> PretrainedWeightsUnavailable:
-    return PretrainedWeightsUnavailable(
-        f"cannot get the pretrained weights of {what} ({short_cause(error)}); " + OFFLINE_ROUTE
-    )

@@ -21,6 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoiserep.util.errors import short_cause
+
+from .hub import DOWNLOAD_ERRORS, unavailable
+from .weights import read_checkpoint
+
 log = logging.getLogger("denoiserep.models")
 
 INSTALL_HINT = "Hugging Face models need transformers: pip install -e '.[hf]' in a checkout"
@@ -97,8 +102,6 @@ def create_hf_classifier(
         model = auto.from_config(config)
     wrapper = HFImageClassifier(model.float(), source, processor_config(source, download))
     if checkpoint is not None:
-        from .weights import read_checkpoint
-
         state = read_checkpoint(checkpoint, key=key, remap=remap)
         load_hf_state(wrapper, state, f"checkpoint {checkpoint}", name)
     return wrapper
@@ -147,11 +150,8 @@ def load_config(source: str, pretrained: bool, loader: Callable[[str], Any]) -> 
     try:
         return loader(source)
     except OSError as e:
-        from .factory import _unavailable
-        from .weights import short_cause
-
         if pretrained:
-            raise _unavailable(f"hf:{source}", e) from None
+            raise unavailable(f"hf:{source}", e) from None
         raise ValueError(
             f"cannot get the config of hf:{source} ({short_cause(e)}); without "
             "network it must be in the Hugging Face cache, or write it with "
@@ -212,8 +212,6 @@ def from_pretrained_checked(
     other missing or mis-shaped key is a ValueError, and so are unused checkpoint keys outside
     ``heads`` and ``unused`` when ``unused`` is given (hub weights: None, unused keys are only
     named). One line is logged for what was re-initialised or left unused."""
-    from .factory import _DOWNLOAD_ERRORS, _unavailable
-
     heads, fresh = tuple(heads), tuple(fresh)
     label = source_label or f"pretrained weights {source}"
     what = name if source is None or source in name else f"{name} ({source})"  # offline error
@@ -228,8 +226,8 @@ def from_pretrained_checked(
                 dtype=torch.float32,
                 **extra,
             )
-    except _DOWNLOAD_ERRORS as e:
-        raise _unavailable(what, e) from None
+    except DOWNLOAD_ERRORS as e:
+        raise unavailable(what, e) from None
 
     def under(key: str, prefixes: tuple[str, ...]) -> bool:
         return any(key == p or key.startswith(p + ".") for p in prefixes)

@@ -124,10 +124,10 @@ def override(
 
 def _from_name(name: str, pretrained: bool | str) -> dict[str, Any]:
     if name.startswith("tv:"):
-        from .factory import _has_weights, tv_weights
+        from .hub import has_weights, tv_weights
 
         tv_name = name[3:]
-        if not _has_weights(tv_name):
+        if not has_weights(tv_name):
             return dict(DEFAULTS)
         return _from_tv_weights(tv_weights(tv_name, pretrained or True))
     if name.startswith("hf:"):

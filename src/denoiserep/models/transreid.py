@@ -48,7 +48,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .weights import load_state, read_checkpoint, strip_common_prefix
+from .weights import load_plain_state, read_checkpoint, strip_common_prefix
 
 __all__ = [
     "IBN",
@@ -220,7 +220,7 @@ def create_transreid(
         source = f"checkpoint {checkpoint}"
         state = read_checkpoint(checkpoint, key=key, remap=remap)
         state = strip_common_prefix(state, model.state_dict(), source, name)
-        load_state(model, checkpoint_filter_fn(state, model), source=source, name=name)
+        load_plain_state(model, checkpoint_filter_fn(state, model), source=source, name=name)
     return model
 
 

@@ -7,11 +7,10 @@ head. A VSS block is ``x + DropPath(SS2D(LayerNorm(x)))``; SS2D is in_proj -> de
 + SiLU -> 2D selective scan along four directions -> LayerNorm -> gate with SiLU(z) -> out_proj.
 An MLP branch as in the later "v2" configs is available through ``mlp_ratio > 0``.
 
-Unlike the official code, which stacks the per-direction projection weights into raw
-Parameters consumed by einsum, every projection here is an ``nn.Linear`` / ``nn.Conv2d`` called
-through its own forward exactly once per model forward, so module-level tools (DenoiseRep's
-layer wrapping and weight fusion, hooks, FLOP counters) see every embedding layer. Parameters
-that are not embedding layers (A_logs, Ds, dt_bias) stay plain ``nn.Parameter``s.
+Unlike the official code (per-direction projection weights stacked into raw Parameters for
+einsum), every projection here is an ``nn.Linear`` / ``nn.Conv2d`` called through its own
+forward once per model forward, so module-level tools (DenoiseRep, hooks, FLOP counters) see
+every embedding layer; A_logs, Ds and dt_bias stay plain ``nn.Parameter``s.
 
 Importing this module registers ``vmamba_micro``, ``vmamba_tiny``, ``vmamba_small`` and
 ``vmamba_base`` with timm, so ``timm.create_model("vmamba_tiny", num_classes=10)`` works. The

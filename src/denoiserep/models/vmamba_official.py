@@ -114,7 +114,7 @@ def load_vmamba_checkpoint(
     """Load a weights file into this package's VMamba as
     :func:`denoiserep.models.weights.load_checkpoint` does, converting an official VMamba
     checkpoint first (one logged line says so)."""
-    from .weights import load_state, read_checkpoint, strip_common_prefix
+    from .weights import load_plain_state, read_checkpoint, strip_common_prefix
 
     state = read_checkpoint(path, key=key, remap=remap)
     source = f"checkpoint {path}"
@@ -126,7 +126,7 @@ def load_vmamba_checkpoint(
             raise ValueError(f"{source}: {e}") from None
         log.info(f"{arch}: {source} converted from the official VMamba v0 layout")
     state = strip_common_prefix(state, model.state_dict(), source, arch)
-    return load_state(model, state, source=source, name=name)
+    return load_plain_state(model, state, source=source, name=name)
 
 
 def _refusal() -> str:

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from denoiserep.core.io import read_weights, warn_once
+from denoiserep.util.errors import warn_once
+from denoiserep.util.state_dict import read_weights
 
 log = logging.getLogger("denoiserep.models")
 
@@ -129,30 +130,7 @@ def strip_common_prefix(
     return {k[len(best) :]: v for k, v in state.items()}
 
 
-def load_checkpoint(
-    model: nn.Module,
-    path: str | os.PathLike,
-    *,
-    name: str | None = None,
-    heads: tuple[str, ...] | None = None,
-    key: str | None = None,
-    remap: Any = None,
-) -> nn.Module:
-    """Load the weights file ``path`` into ``model`` (see :func:`load_state`): the state dict
-    under ``key`` (:func:`read_checkpoint`), keys rewritten by ``remap``, and one wrapper
-    prefix common to every key stripped where that makes them fit (:func:`strip_common_prefix`).
-    """
-    state = read_checkpoint(path, key=key, remap=remap)
-    source = f"checkpoint {path}"
-    arch = name or type(model).__name__
-    from .hf import HFImageClassifier
-
-    if not (isinstance(model, HFImageClassifier) or _is_transformers_model(model)):
-        state = strip_common_prefix(state, model.state_dict(), source, arch)
-    return load_state(model, state, source=source, name=name, heads=heads)
-
-
-def load_state(
+def load_plain_state(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
     *,
@@ -160,7 +138,9 @@ def load_state(
     name: str | None = None,
     heads: tuple[str, ...] | None = None,
 ) -> nn.Module:
-    """Load ``state`` into ``model``: every key must match but the classifier head's.
+    """Load ``state`` into a timm / torchvision / plain ``model`` (transformers models go
+    through :func:`denoiserep.models.load_state`): every key must match but the classifier
+    head's.
 
     Keys under the head (:func:`head_prefixes`) that are missing, unexpected or of another
     shape leave the model's fresh head in place, and one line is logged. timm models whose
@@ -169,10 +149,6 @@ def load_state(
     model's input channels as timm does. Anything else that does not fit is a ValueError
     naming the first few keys. ``heads`` overrides the head's module names.
     """
-    from .hf import HFImageClassifier, load_hf_state
-
-    if isinstance(model, HFImageClassifier) or _is_transformers_model(model):
-        return load_hf_state(model, state, source, name or type(model).__name__)
     target, state = model, dict(state)
     expected = target.state_dict()
     heads = tuple(heads) if heads is not None else head_prefixes(target)
@@ -205,7 +181,7 @@ def load_state(
     return model
 
 
-def _is_transformers_model(model: nn.Module) -> bool:
+def is_transformers_model(model: nn.Module) -> bool:
     return any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
 
 
@@ -217,7 +193,7 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
         return tuple(declared)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, Mapping) and cfg.get("classifier"):
-        return _as_tuple(cfg["classifier"])
+        return as_tuple(cfg["classifier"])
     names = dict(model.named_children())
     return tuple(n for n in HEAD_NAMES if n in names)
 
@@ -289,7 +265,7 @@ def _adapt_input_conv(target: nn.Module, state: dict, expected: Mapping) -> dict
         return state
     from timm.models import adapt_input_conv
 
-    for conv in _as_tuple(cfg["first_conv"]):
+    for conv in as_tuple(cfg["first_conv"]):
         key = f"{conv}.weight"
         w, want = state.get(key), expected.get(key)
         if w is None or want is None or w.ndim != 4 or w.shape == want.shape:
@@ -311,7 +287,7 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
-def _as_tuple(value: str | tuple | list) -> tuple[str, ...]:
+def as_tuple(value: str | tuple | list) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
@@ -325,12 +301,3 @@ def timm_filter_fn(model: nn.Module) -> Callable | None:
     if module is None or not type(model).__module__.startswith("timm."):
         return None
     return getattr(module, "checkpoint_filter_fn", None)
-
-
-def short_cause(error: BaseException, limit: int = 120) -> str:
-    """``Type: first sentence`` of an exception, on one line, at most about ``limit`` chars."""
-    text = " ".join(str(error).split())
-    sentence = text.split(". ")[0]
-    if len(sentence) > limit:
-        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
-    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__

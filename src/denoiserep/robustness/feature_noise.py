@@ -36,10 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import denoise_layers, is_converted, unwrap
-from .diagnostics import run_batches
-from .forward import modes_restored
-from .layer import is_supported
+from denoiserep.core.convert import denoise_layers, is_converted, unwrap
+from denoiserep.core.layer import is_supported
+from denoiserep.util.forward import modes_restored, run_batches
 
 
 def noise_seed(seed: int, name: str, call: int) -> int:

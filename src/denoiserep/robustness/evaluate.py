@@ -13,14 +13,15 @@ data, feature noise and quantized features, cut to ``max_images`` when set). So
   keys (``both/mAP``); feature noise and quantized features need no dataset change.
 
 Feature noise is applied by :func:`evaluate_robustness` around the call, through
-:func:`denoiserep.core.feature_noise.feature_noise` on ``layer_names`` (pass the same names to
-every arm), and so are quantized features (``feature_bits``: each of those layers' inputs
-rounded to that many bits, :func:`~denoiserep.core.feature_noise.feature_quantization`; over
-each sample's range, or with ``feature_ranges: static`` over one range per layer that
-:func:`~denoiserep.core.feature_noise.calibrate_ranges` measures on the ``calibration`` data the
-task passes, each arm on its own activations).
+:func:`~denoiserep.robustness.feature_noise.feature_noise` on ``layer_names`` (pass the same
+names to every arm), and so are quantized features (``feature_bits``: each of those layers'
+inputs rounded to that many bits,
+:func:`~denoiserep.robustness.feature_noise.feature_quantization`; over each sample's range,
+or with ``feature_ranges: static`` over one range per layer that
+:func:`~denoiserep.robustness.feature_noise.calibrate_ranges` measures on the
+``calibration`` data the task passes, each arm on its own activations).
 Results are plain JSON (severity, sigma and bits keys are strings); the comparison of arms
-(mCA, mCE, tables and plots) is in :mod:`denoiserep.engine.robustness_summary`.
+(mCA, mCE, tables and plots) is in :mod:`denoiserep.robustness.summary`.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from denoiserep.core.feature_noise import calibrate_ranges, feature_noise, feature_quantization
-from denoiserep.data.corruptions import CORRUPTIONS, SEVERITIES, TABLES, CorruptedDataset
+from denoiserep.robustness.corruptions import CORRUPTIONS, SEVERITIES, TABLES, CorruptedDataset
+from denoiserep.robustness.feature_noise import (
+    calibrate_ranges,
+    feature_noise,
+    feature_quantization,
+)
 
 # the comparison of arms lived here before it had its own module; still importable from here
-from .robustness_summary import plot_robustness, robustness_table, summarize_robustness
+from .summary import plot_robustness, robustness_table, summarize_robustness
 
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2, 0.5)
 FEATURE_RANGES = ("per_sample", "static")
@@ -204,6 +209,35 @@ def _metrics(result: Any, where: str) -> dict[str, float]:
     return out
 
 
+class _ConditionRunner:
+    """Runs ``evaluate`` under one condition at a time; remembers which layers the last
+    perturbation reached."""
+
+    def __init__(
+        self, evaluate: Evaluate, model: nn.Module, progress: Callable[[str], None] | None
+    ) -> None:
+        self.evaluate, self.model, self.progress = evaluate, model, progress
+        self.layers: list[str] = []
+
+    def run(self, condition: Condition) -> dict[str, float]:
+        if self.progress is not None:
+            self.progress(condition.key)
+        return _metrics(self.evaluate(self.model, condition), condition.key)
+
+    def run_perturbed(
+        self, perturbation: Any, condition: Condition, what: str, check: bool
+    ) -> dict:
+        """``run`` with the layers' inputs perturbed; an error if no layer was reached."""
+        with perturbation as record:
+            metrics = self.run(condition)
+        self.layers = record.layers
+        if check and not any(record.calls.values()):
+            raise RuntimeError(
+                f"{what} reached none of its layers: does evaluate() run the model it is given?"
+            )
+        return metrics
+
+
 def evaluate_robustness(
     evaluate: Evaluate,
     model: nn.Module,
@@ -227,16 +261,13 @@ def evaluate_robustness(
     ``feature_noise``); pass the same list for every arm (e.g.
     ``list(dr.denoise_layers(converted))``). ``progress`` is called with each condition's key
     before it runs. ``calibration`` (batches, with ``forward`` for models that take other
-    inputs, as :func:`~denoiserep.core.feature_noise.calibrate_ranges` reads them) is needed
+    inputs, as :func:`~denoiserep.robustness.feature_noise.calibrate_ranges` reads them) is needed
     with ``feature_ranges: static``; the calibrated ranges are returned under
     ``"feature_ranges"``.
     """
 
-    def run(condition: Condition) -> dict[str, float]:
-        if progress is not None:
-            progress(condition.key)
-        return _metrics(evaluate(model, condition), condition.key)
-
+    runner = _ConditionRunner(evaluate, model, progress)
+    run = runner.run
     common = {"seed": cfg.seed, "max_images": cfg.max_images, "table": cfg.table}
     result: dict[str, Any] = {"clean": run(Condition("clean", **common))}
     result["corruptions"] = {
@@ -246,23 +277,9 @@ def evaluate_robustness(
         }
         for name in cfg.corruptions
     }
-    layers: list[str] = []
     names = None if layer_names is None else list(layer_names)
-
-    def run_perturbed(perturbation: Any, condition: Condition, what: str, check: bool) -> dict:
-        """``run`` with the layers' inputs perturbed; an error if no layer was reached."""
-        nonlocal layers
-        with perturbation as record:
-            metrics = run(condition)
-        layers = record.layers
-        if check and not any(record.calls.values()):
-            raise RuntimeError(
-                f"{what} reached none of its layers: does evaluate() run the model it is given?"
-            )
-        return metrics
-
     result["feature_noise"] = {
-        _sigma_key(sigma): run_perturbed(
+        _sigma_key(sigma): runner.run_perturbed(
             feature_noise(model, sigma, seed=cfg.seed, targets=names),
             Condition("feature_noise", sigma=sigma, **common),
             "feature noise",
@@ -277,7 +294,7 @@ def evaluate_robustness(
         ranges = calibrate_ranges(model, calibration, targets=names, forward=forward)
         result["feature_ranges"] = {name: list(r) for name, r in ranges.items()}
     result["feature_bits"] = {
-        str(bits): run_perturbed(
+        str(bits): runner.run_perturbed(
             feature_quantization(model, bits, targets=names, ranges=ranges),
             Condition("feature_bits", bits=bits, **common),
             "feature quantization",
@@ -286,7 +303,7 @@ def evaluate_robustness(
         for bits in cfg.feature_bits
     }
     result["config"] = cfg.to_dict()
-    result["layers"] = layers
+    result["layers"] = runner.layers
     return result
 
 

@@ -7,7 +7,9 @@ On some CNNs that mismatch costs far more accuracy than the denoising does
 statistics in one label-free pass, as ``torch.optim.swa_utils.update_bn`` does for weight
 averaging, but with the rest of the model in eval mode: dropout off and DenoiseRep layers
 computing exactly the fused weight, so the statistics are those of the model that will be
-exported.
+exported. The two agree bit for bit only where nothing before a BatchNorm acts differently in
+train mode; on a converted model in phase "joint" to rounding; in phase "denoiser" update_bn
+gets the original weights' statistics (tests/core/test_batchnorm.py, docs/development.md).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diagnostics import run_batches
-from .forward import modes_restored
+from .forward import modes_restored, run_batches
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -1,7 +1,7 @@
 """The comparison of arms' robustness results (ImageNet-C's mCA / mCE), tables and plots.
 
 :func:`summarize_robustness` compares arms (results of
-:func:`denoiserep.engine.robustness.evaluate_robustness`) on one metric: mean corrupted accuracy
+:func:`denoiserep.robustness.evaluate.evaluate_robustness`) on one metric: mean corrupted accuracy
 (mCA, over corruptions and severities), corruption errors against the baseline arm as in
 ImageNet-C, ``CE_c = sum_s E_arm,c,s / sum_s E_base,c,s`` with ``E = scale - metric``, their
 mean (mCE, in %, baseline = 100), the relative mCE (errors minus each arm's clean error), and
@@ -28,6 +28,83 @@ def _get(metrics: dict[str, float], metric: str, where: str) -> float:
     return float(metrics[metric])
 
 
+def _conditions(per_arm: dict[str, dict[str, Any]]) -> tuple[list, dict, list, list]:
+    """(corruptions, severities per corruption, sigmas, bit widths) every arm shares."""
+    first = next(iter(per_arm))
+    ref = per_arm[first]
+    corruptions = list(ref.get("corruptions", {}))
+    severities = {c: list(ref["corruptions"][c]) for c in corruptions}
+    sigmas = list(ref.get("feature_noise", {}))
+    widths = list(ref.get("feature_bits", {}))
+    for arm, res in per_arm.items():
+        got = (
+            list(res.get("corruptions", {})),
+            {c: list(v) for c, v in res.get("corruptions", {}).items()},
+            list(res.get("feature_noise", {})),
+            list(res.get("feature_bits", {})),
+        )
+        if got != (corruptions, severities, sigmas, widths):
+            raise ValueError(
+                f"arm {arm!r} was evaluated under other conditions than arm {first!r}: "
+                "rerun with the same RobustnessConfig"
+            )
+    return corruptions, severities, sigmas, widths
+
+
+def _arm_row(
+    arm: str, res: dict[str, Any], metric: str, conditions: tuple[list, dict, list, list]
+) -> dict[str, Any]:
+    """One arm's clean, mCA, per-corruption / per-severity means, feature noise and bits."""
+    corruptions, severities, sigmas, widths = conditions
+    clean = _get(res["clean"], metric, f"{arm}/clean")
+    acc = {
+        c: {s: _get(res["corruptions"][c][s], metric, f"{arm}/{c}/{s}") for s in severities[c]}
+        for c in corruptions
+    }
+    all_sev = sorted({s for c in corruptions for s in severities[c]}, key=float)
+    both = [
+        res["corruptions"][c][s].get(f"both/{metric}") for c in corruptions for s in severities[c]
+    ]
+    row: dict[str, Any] = {
+        "clean": clean,
+        "mCA": _mean(v for c in corruptions for v in acc[c].values()),
+        "corruption_acc": {c: _mean(acc[c].values()) for c in corruptions},
+        "severity_acc": {s: _mean(acc[c][s] for c in corruptions if s in acc[c]) for s in all_sev},
+        "CE": {},
+        "relative_CE": {},
+        "mCE": None,
+        "relative_mCE": None,
+        "feature_noise": {
+            k: _get(res["feature_noise"][k], metric, f"{arm}/feature_noise/{k}") for k in sigmas
+        },
+        "feature_bits": {
+            k: _get(res["feature_bits"][k], metric, f"{arm}/feature_bits/{k}") for k in widths
+        },
+    }
+    row["mFA"] = _mean(row["feature_noise"].values())
+    row["mCA_both"] = _mean(both) if both and None not in both else None
+    return row
+
+
+def _add_corruption_errors(
+    row: dict[str, Any],
+    errors: dict[str, list[float]],
+    base_errors: dict[str, list[float]],
+    base_clean_error: float,
+    clean_error: float,
+) -> None:
+    """ImageNet-C's CE / mCE and relative CE / mCE of one arm against the baseline's errors
+    (per corruption, one error per severity)."""
+    for c, mine_per_severity in errors.items():
+        base, mine, n = sum(base_errors[c]), sum(mine_per_severity), len(mine_per_severity)
+        rel_base = base - n * base_clean_error
+        rel_mine = mine - n * clean_error
+        row["CE"][c] = 100.0 * mine / base if base > 0 else None
+        row["relative_CE"][c] = 100.0 * rel_mine / rel_base if rel_base > 0 else None
+    row["mCE"] = _mean(row["CE"].values())
+    row["relative_mCE"] = _mean(row["relative_CE"].values())
+
+
 def summarize_robustness(
     per_arm: dict[str, dict[str, Any]],
     metric: str,
@@ -49,77 +126,26 @@ def summarize_robustness(
     """
     if not per_arm:
         raise ValueError("summarize_robustness: no arms")
-    first = next(iter(per_arm))
-    ref = per_arm[first]
-    corruptions = list(ref.get("corruptions", {}))
-    severities = {c: list(ref["corruptions"][c]) for c in corruptions}
-    sigmas = list(ref.get("feature_noise", {}))
-    widths = list(ref.get("feature_bits", {}))
-    for arm, res in per_arm.items():
-        got = (
-            list(res.get("corruptions", {})),
-            {c: list(v) for c, v in res.get("corruptions", {}).items()},
-            list(res.get("feature_noise", {})),
-            list(res.get("feature_bits", {})),
-        )
-        if got != (corruptions, severities, sigmas, widths):
-            raise ValueError(
-                f"arm {arm!r} was evaluated under other conditions than arm {first!r}: "
-                "rerun with the same RobustnessConfig"
-            )
+    conditions = _conditions(per_arm)
+    corruptions, severities, sigmas, widths = conditions
 
-    def error(arm: str, c: str, s: str) -> float:
-        return scale - _get(per_arm[arm]["corruptions"][c][s], metric, f"{arm}/{c}/{s}")
-
-    both_key = f"both/{metric}"
-
-    def both_mca(res: dict[str, Any]) -> float | None:
-        values = [
-            res["corruptions"][c][s].get(both_key) for c in corruptions for s in severities[c]
-        ]
-        return _mean(values) if values and None not in values else None
+    def errors(arm: str) -> dict[str, list[float]]:
+        return {
+            c: [
+                scale - _get(per_arm[arm]["corruptions"][c][s], metric, f"{arm}/{c}/{s}")
+                for s in severities[c]
+            ]
+            for c in corruptions
+        }
 
     arms: dict[str, Any] = {}
     for arm, res in per_arm.items():
-        clean = _get(res["clean"], metric, f"{arm}/clean")
-        acc = {
-            c: {s: _get(res["corruptions"][c][s], metric, f"{arm}/{c}/{s}") for s in severities[c]}
-            for c in corruptions
-        }
-        row: dict[str, Any] = {
-            "clean": clean,
-            "mCA": _mean(v for c in corruptions for v in acc[c].values()),
-            "corruption_acc": {c: _mean(acc[c].values()) for c in corruptions},
-            "severity_acc": {},
-            "CE": {},
-            "relative_CE": {},
-            "mCE": None,
-            "relative_mCE": None,
-            "feature_noise": {
-                k: _get(res["feature_noise"][k], metric, f"{arm}/feature_noise/{k}") for k in sigmas
-            },
-            "feature_bits": {
-                k: _get(res["feature_bits"][k], metric, f"{arm}/feature_bits/{k}") for k in widths
-            },
-        }
-        all_sev = sorted({s for c in corruptions for s in severities[c]}, key=float)
-        row["severity_acc"] = {
-            s: _mean(acc[c][s] for c in corruptions if s in acc[c]) for s in all_sev
-        }
-        row["mFA"] = _mean(row["feature_noise"].values())
-        row["mCA_both"] = both_mca(res)
+        row = _arm_row(arm, res, metric, conditions)
         if baseline in per_arm:
             base_clean = scale - _get(per_arm[baseline]["clean"], metric, f"{baseline}/clean")
-            for c in corruptions:
-                base = sum(error(baseline, c, s) for s in severities[c])
-                mine = sum(error(arm, c, s) for s in severities[c])
-                n = len(severities[c])
-                rel_base = base - n * base_clean
-                rel_mine = mine - n * (scale - clean)
-                row["CE"][c] = 100.0 * mine / base if base > 0 else None
-                row["relative_CE"][c] = 100.0 * rel_mine / rel_base if rel_base > 0 else None
-            row["mCE"] = _mean(row["CE"].values())
-            row["relative_mCE"] = _mean(row["relative_CE"].values())
+            _add_corruption_errors(
+                row, errors(arm), errors(baseline), base_clean, scale - row["clean"]
+            )
         arms[arm] = row
     return {
         "metric": metric,

@@ -1,9 +1,10 @@
-"""Running a model once on an example: the call convention and the restore of train/eval modes."""
+"""Running a model on an example or on batches: the call convention, batches without
+gradients, and the restore of train/eval modes."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -50,3 +51,31 @@ def modes_restored(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _default_forward(model: nn.Module, batch: Any) -> None:
+    device = next(model.parameters()).device
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if isinstance(batch, dict):
+        model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+    else:
+        model(batch.to(device))
+
+
+def run_batches(
+    model: nn.Module,
+    data: torch.Tensor | Iterable[Any],
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> None:
+    """Run ``model`` without gradients on one input batch (a tensor) or an iterable of batches
+    (a tuple / list batch is read as ``(inputs, labels, ...)``, a dict as keyword inputs), at
+    most ``max_batches`` of them; ``forward(model, batch)`` runs models that take other inputs."""
+    run = forward or _default_forward
+    batches = [data] if isinstance(data, torch.Tensor) else data
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            run(model, batch)

@@ -1,0 +1,1 @@
+"""Helpers below the method: configuration values, weights files, one-line errors."""
