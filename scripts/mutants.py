@@ -226,16 +226,16 @@ MUTANTS = [
     # -- distributed training and crash recovery (engine/) ----------------------------------------
     Mutant(
         "no DistributedDataParallel (ranks train apart)",
-        "engine/trainer.py",
+        "engine/loop.py",
         "runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model",
         "runner = model",
         TORCHRUN,
     ),
     Mutant(
         "resume replays the steps a checkpoint already holds",
-        "engine/trainer.py",
-        'if step < state["step"]:\n                    continue',
-        "if False:\n                    continue",
+        "engine/loop.py",
+        'if step < state["step"]:\n                continue',
+        "if False:\n                continue",
         KILL,
     ),
     Mutant(

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.engine.checkpoint import load_checkpoint, save_checkpoint
+from denoiserep.engine.checkpoint import load_training_state, save_training_state
 from tests.engine.test_run_folder import BrokenImages, fake_cli, one_line_error  # noqa: F401
 
 
@@ -49,10 +49,10 @@ def test_usage_errors_are_one_line(capsys):
 def test_a_truncated_checkpoint_is_named(tmp_path):
     model = nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    path = save_checkpoint(tmp_path, model, opt, None, {"global_step": 1})
+    path = save_training_state(tmp_path, model, opt, None, {"global_step": 1})
     truncate(path / "state.pt")
     with pytest.raises(ValueError) as info:
-        load_checkpoint(path, model, opt, None)
+        load_training_state(path, model, opt, None)
     text = one_line(info.value)
     assert str(path / "state.pt") in text and "truncated or corrupt" in text and "delete" in text
     assert "PytorchStreamReader" not in text.split("(")[0]

@@ -72,9 +72,9 @@ def test_a_planted_state_pt_is_refused_and_never_runs(finished, tmp_path, capsys
 
 
 def test_training_state_reads_with_weights_only_for_every_optimizer(tmp_path):
-    """What save_checkpoint writes needs no code to read back, whatever the optimizer."""
+    """What save_training_state writes needs no code to read back, whatever the optimizer."""
     import denoiserep as dr
-    from denoiserep.engine.checkpoint import latest_checkpoint, save_checkpoint
+    from denoiserep.engine.checkpoint import latest_checkpoint, save_training_state
     from denoiserep.engine.optim import build_optimizer, cosine_with_warmup
 
     for optimizer, for_d in (("adamw", "same"), ("sgd", "adafactor")):
@@ -87,7 +87,7 @@ def test_training_state_reads_with_weights_only_for_every_optimizer(tmp_path):
         scheduler.step()
         folder = tmp_path / optimizer / "checkpoints"
         state = {"epoch": 1, "step": 0, "global_step": 1, "history": [{"loss": 1.0}], "sums": {}}
-        save_checkpoint(folder, model, opt, scheduler, state)
+        save_training_state(folder, model, opt, scheduler, state)
         found = latest_checkpoint(folder)
         torch.load(found / "state.pt", weights_only=True)  # raises if it needed more
 

@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +14,12 @@ import pytest
 import yaml
 
 import denoiserep as dr
-from denoiserep import cli
 from denoiserep.cli import main
 from denoiserep.engine.config import to_dict
 from denoiserep.engine.runs import RunFolderConflict, prepare_run_folder
 from denoiserep.engine.trainer import TrainConfig
+from denoiserep.tasks.contract import Task
+from denoiserep.tasks.registry import register_task, unregister_task
 
 
 # -- a pipeline as small as a pipeline can be, behind the real command line ---------------------
@@ -63,13 +62,18 @@ def fake_run(cfg: FakeConfig, overwrite: bool = False, progress: bool = True) ->
 
 @pytest.fixture
 def fake_cli(monkeypatch):
-    """``denoiserep fake ...`` runs :func:`fake_run`; returns the module."""
-    module = types.ModuleType("denoiserep_fake_pipeline")
-    module.Config, module.run, module.DEFAULT_CONFIG = FakeConfig, fake_run, None
-    module.summarize = lambda report: f"results: {report['output']}"
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli.COMMANDS, "fake", (module.__name__, "a pipeline for tests"))
-    return module
+    """``denoiserep fake ...`` runs :func:`fake_run`; returns the task."""
+    task = Task(
+        name="fake",
+        help="a pipeline for tests",
+        Config=FakeConfig,
+        run=fake_run,
+        table=lambda report: f"results: {report['output']}",
+        report_files=(),
+    )
+    register_task(task)
+    yield task
+    unregister_task("fake")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -204,7 +208,7 @@ def test_a_checkpoint_claims_the_folder_inside_the_command(tmp_path):
     """Once training wrote a checkpoint the run has started: a later failure keeps it."""
     import torch
 
-    from denoiserep.engine.checkpoint import save_checkpoint
+    from denoiserep.engine.checkpoint import save_training_state
     from denoiserep.engine.runs import open_run_folder, run_scope
 
     out = tmp_path / "d"
@@ -212,7 +216,7 @@ def test_a_checkpoint_claims_the_folder_inside_the_command(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(RuntimeError, match="diverged"), run_scope():
         path = prepare_run_folder(out, {"lr": 1, "output": str(out)})
-        save_checkpoint(path / "checkpoints", model, opt, None, {"global_step": 3})
+        save_training_state(path / "checkpoints", model, opt, None, {"global_step": 3})
         raise RuntimeError("diverged at epoch 2")
     assert (out / "checkpoints" / "step-00000003" / "state.pt").is_file()
     with pytest.raises(RunFolderConflict):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import denoiserep as dr
-from denoiserep.classification.task import ClassificationTask
+from denoiserep.classification.step import ClassificationStep
 from denoiserep.engine.config import apply_overrides, from_dict
 from denoiserep.engine.phases import phase_for_epoch
 from denoiserep.engine.runs import RunFolderConflict, prepare_run_folder
@@ -36,7 +36,7 @@ CFG = TrainConfig(
 )
 
 
-class CrashAt(ClassificationTask):
+class CrashAt(ClassificationStep):
     def __init__(self, at: int) -> None:
         super().__init__(pad=1, flip=True)
         self.calls, self.at = 0, at
@@ -56,7 +56,7 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, denoiser_optimi
     cfg = dataclasses.replace(
         CFG, denoiser_optimizer=denoiser_optimizer, denoiser_init=denoiser_init
     )
-    task = ClassificationTask(pad=1, flip=True)
+    task = ClassificationStep(pad=1, flip=True)
     full = tiny_model()
     fit(full, tiny_data(), cfg, task, tmp_path / "a", progress=False)
     crashed = tiny_model()
@@ -71,7 +71,7 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, denoiser_optimi
     assert (tmp_path / "b" / "checkpoints" / "latest").is_file()
 
 
-class NaNTask(ClassificationTask):
+class NaNTask(ClassificationStep):
     def loss(self, output, batch):
         loss, logs = super().loss(output, batch)
         return loss * float("nan"), logs
@@ -88,7 +88,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
 
 
 def test_denoiser_phase_reads_no_labels(tmp_path):
-    class NoLabels(ClassificationTask):
+    class NoLabels(ClassificationStep):
         def loss(self, output, batch):
             raise AssertionError("labels read in the label-free phase")
 
@@ -118,7 +118,7 @@ def test_phase_schedule():
 
 def test_plain_model_rejects_phases(tmp_path):
     with pytest.raises(ValueError, match="needs a model converted"):
-        fit(nn.Linear(16, 3), tiny_data(), CFG, ClassificationTask(), tmp_path, progress=False)
+        fit(nn.Linear(16, 3), tiny_data(), CFG, ClassificationStep(), tmp_path, progress=False)
 
 
 def test_config_errors_name_key_and_valid_keys():
@@ -150,7 +150,7 @@ def test_closed_form_init_fits_D_on_the_training_set_before_any_epoch(tmp_path):
 
     model = tiny_model()
     cfg = TrainConfig(epochs=0, batch_size=8, phases="denoiser", denoiser_init="closed_form")
-    fit(model, tiny_data(), cfg, ClassificationTask(), tmp_path, progress=False)
+    fit(model, tiny_data(), cfg, ClassificationStep(), tmp_path, progress=False)
     expected = tiny_model()
     fit_denoisers(expected, DataLoader(tiny_data(), batch_size=16))  # every item, any order
     for name, layer in dr.denoise_layers(expected).items():
@@ -178,7 +178,7 @@ def test_recalibrate_bn_recomputes_statistics_after_the_label_free_phase(tmp_pat
     from denoiserep.core.closed_form import fit_denoisers
     from denoiserep.engine.trainer import _mix
 
-    task = ClassificationTask(pad=1, flip=True)
+    task = ClassificationStep(pad=1, flip=True)
     cfg = TrainConfig(epochs=0, batch_size=8, phases="denoiser", denoiser_init="closed_form")
     stale = bn_model()
     fit(stale, tiny_data(), cfg, task, tmp_path / "a", progress=False)
@@ -210,5 +210,5 @@ def test_recalibrate_bn_recomputes_statistics_after_the_label_free_phase(tmp_pat
 
 def test_recalibrate_bn_without_batchnorm_says_so(tmp_path, capsys):
     cfg = TrainConfig(epochs=1, batch_size=8, phases="joint", recalibrate_bn=True)
-    fit(tiny_model(), tiny_data(), cfg, ClassificationTask(), tmp_path, progress=False)
+    fit(tiny_model(), tiny_data(), cfg, ClassificationStep(), tmp_path, progress=False)
     assert "recalibrate_bn: the model has no BatchNorm statistics" in capsys.readouterr().out

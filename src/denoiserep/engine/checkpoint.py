@@ -27,7 +27,8 @@ from safetensors.torch import save_model
 from torch import nn
 
 import denoiserep as dr
-from denoiserep.core.io import load_state_checked, read_weights
+from denoiserep.util.errors import first_line
+from denoiserep.util.state_dict import load_state_checked, read_weights
 
 from .dist import is_main
 from .optim import load_optimizer_state
@@ -37,15 +38,15 @@ __all__ = [
     "KEEP",
     "UntrustedCheckpoint",
     "latest_checkpoint",
-    "load_checkpoint",
     "load_state_checked",
+    "load_training_state",
     "read_weights",
-    "save_checkpoint",
+    "save_training_state",
 ]
 
 LATEST = "latest"
 KEEP = 2
-_verified: dict[str, Any] = {}  # the state.pt read while checking it, for load_checkpoint
+_verified: dict[str, Any] = {}  # the state.pt read while checking it, for load_training_state
 
 
 def _rng_state() -> dict[str, Any]:
@@ -70,12 +71,7 @@ def _checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=_step)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def save_checkpoint(
+def save_training_state(
     directory: str | Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -145,7 +141,7 @@ def _write_failure(path: Path, e: BaseException) -> str:
             f"({free if free is not None else 'unknown'} bytes free); free some space or choose "
             "another output, then rerun the same command: it resumes from the last checkpoint"
         )
-    return f"checkpoint {path} could not be written ({_first_line(e)})"
+    return f"checkpoint {path} could not be written ({first_line(e)})"
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -162,7 +158,7 @@ def _read_state(path: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - every reader error becomes one line naming the file
         raise ValueError(
             f"checkpoint file {file} cannot be read, it is truncated or corrupt "
-            f"({_first_line(e)}); delete {path} to resume from the checkpoint before it"
+            f"({first_line(e)}); delete {path} to resume from the checkpoint before it"
         ) from None
 
 
@@ -203,19 +199,19 @@ def _problem(path: Path) -> str | None:
         with safe_open(str(path / "model.safetensors"), "pt"):
             pass
     except Exception as e:  # noqa: BLE001
-        return f"model.safetensors: {_first_line(e)}"
+        return f"model.safetensors: {first_line(e)}"
     meta = path / "denoiserep.yaml"
     if meta.exists():
         try:
             yaml.safe_load(meta.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            return f"denoiserep.yaml: {_first_line(e)}"
+            return f"denoiserep.yaml: {first_line(e)}"
     try:
         state = _torch_state(path / "state.pt")
     except UntrustedCheckpoint:
         raise  # not a crash's leftover: never skipped silently to an older checkpoint
     except Exception as e:  # noqa: BLE001
-        return f"state.pt: {_first_line(e)}"
+        return f"state.pt: {first_line(e)}"
     _verified.clear()
     _verified[str(path / "state.pt")] = (_stamp(path / "state.pt"), state)
     return None
@@ -240,10 +236,12 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(
+def load_training_state(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states; return the saved training state."""
+    """Restore model, optimizer, scheduler and RNG states from checkpoint ``path``; return the
+    saved training state. (Not ``denoiserep.models.load_checkpoint(model, path)``, which reads
+    pretrained weights into a model.)"""
     path = Path(path)
     root = dr.unwrap(model)
     state = _read_state(path)

@@ -131,7 +131,8 @@ def build_optimizer(
     parameter is a floating-point CPU or CUDA tensor, else torch's default implementation (on
     CPU a loop of about ten elementwise operations per parameter, on CUDA ``foreach``). D
     multiplies the parameters to step (ViT-S: 56 M against 22 M): one AdamW step of a converted
-    ViT-S on one CPU thread took 309 ms unfused and 53 ms fused (``scripts/optimizer_step.py``).
+    ViT-S on one CPU thread took 309 ms unfused and 53 ms fused
+    (``scripts/studies/optimizer_step.py``).
     The two round differently in the last bits, which changes a trained model's last digits.
     """
     check_optimizer_names(name, denoiser_optimizer)
