@@ -1,6 +1,13 @@
-"""Label-free closed-form denoisers with and without BatchNorm recalibration
-(docs/results/robustness.md, "Two more CNNs"). For every seed's baseline of ``denoiserep ablate``
-runs on in-memory data:
+"""Do label-free closed-form denoisers still help once BatchNorm is recalibrated?
+
+Results: docs/results/robustness.md, "Denoisers at their optimum: where denoising helps",
+the "Two more CNNs" item. Rerun, from the repository root, on the runs of
+``robustness_denoisers.sh closed_form`` (the commands that made them are on that page):
+
+    .venv/bin/python scripts/studies/bn_recalibration.py \\
+        runs/robust_cf_cnns/mobilenetv3_large_100 runs/robust_cf_cnns_345/mobilenetv3_large_100
+
+For every seed's baseline of ``denoiserep ablate`` runs on in-memory data:
 
 * ``baseline`` and ``baseline + BN``: the baseline, and the same with its BatchNorm statistics
   recomputed on the training images augmented as in training (pad-crop-flip, one seeded draw;
@@ -13,7 +20,7 @@ runs on in-memory data:
 Each is scored clean and under Gaussian feature noise (σ 0.2, 0.5, seed 0, same noise for every
 model) on all test images; then the paired differences over seeds, with the paired t-test's p.
 
-    .venv/bin/python scripts/bn_recalibration.py RUN_DIR [RUN_DIR ...]
+    .venv/bin/python scripts/studies/bn_recalibration.py RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ from seed_study import paired_table, run_seeds, saved_model
 from torch.utils.data import DataLoader
 
 import denoiserep as dr
-from denoiserep.classification.task import evaluate
-from denoiserep.core.feature_noise import feature_noise
+from denoiserep.classification.step import evaluate
 from denoiserep.data.augment import pad_crop_flip
+from denoiserep.robustness.feature_noise import feature_noise
 
 STRONG = {"timesteps": 100, "beta_start": 1.0e-3, "beta_end": 0.2}
 SIGMAS = (0.2, 0.5)

@@ -1,5 +1,9 @@
 """What do the GPU step times of issue #11 say about what a step costs on a GPU?
 
+Results: docs/results/training-cost.md, "The full record", the "What the issue's GPU times were
+made of" item. Rerun, from the repository root (the commands below; that item gives the exact
+worktree and file names used).
+
 Issue #11 measured DenoiseRep's training step on an H100 (bf16 autocast, batch 64) at 2.2-3.4x
 the baseline's, with the code of commit c687465; no GPU has measured the code since. This
 script counts, below autograd and so the same on any device, what one training step of each
@@ -17,8 +21,9 @@ the model it has not seen says whether the counts explain the times (docs/result
 beside them, without times; scripts/gpu_check.sh measures those.
 
     # counts of the code on PYTHONPATH, with its own bench defaults (the token sampling it had)
-    PYTHONPATH=<checkout>/src .venv/bin/python scripts/gpu_cost_model.py count OUT.json [batch]
-    .venv/bin/python scripts/gpu_cost_model.py fit ISSUE_CODE.json [OTHER.json ...]
+    PYTHONPATH=<checkout>/src .venv/bin/python scripts/studies/gpu_cost_model.py \\
+        count OUT.json [batch]
+    .venv/bin/python scripts/studies/gpu_cost_model.py fit ISSUE_CODE.json [OTHER.json ...]
 
 The optimizer step is left out of the counts (on CUDA, AdamW's foreach implementation
 updates all parameters in a few kernels).
@@ -41,7 +46,7 @@ from torch.utils.flop_counter import flop_registry
 def _views() -> set[str]:
     """This checkout's bench/flops.py VIEWS, whichever denoiserep is on the path (the older
     versions being counted have no such list)."""
-    path = Path(__file__).resolve().parents[1] / "src/denoiserep/bench/flops.py"
+    path = Path(__file__).resolve().parents[2] / "src/denoiserep/bench/flops.py"
     spec = importlib.util.spec_from_file_location("denoiserep_current_flops", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

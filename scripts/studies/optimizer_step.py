@@ -1,11 +1,16 @@
-"""Time one optimizer step of a model and of its DenoiseRep conversion, fused and unfused.
+"""What does one optimizer step of a DenoiseRep conversion cost, fused and unfused?
+
+Results: docs/results/training-cost.md, "The full record", the "The fused optimizer kernel"
+item. Rerun, from the repository root: ``.venv/bin/python scripts/studies/optimizer_step.py``.
+
+Times one optimizer step of a model and of its conversion, fused kernel and not.
 
 The optimizer is the pipelines' (``engine.optim.build_optimizer``: AdamW, D in the same
 AdamW); gradients are random, steps interleaved, medians printed. D has C_in² entries per
 layer, so the converted model steps more parameters than the baseline (ViT-S: 56 M against 22 M).
 
-    .venv/bin/python scripts/optimizer_step.py                       # ViT-S/16, 1 thread
-    .venv/bin/python scripts/optimizer_step.py vit_base_patch16_224 --threads 2 --repeats 5
+    .venv/bin/python scripts/studies/optimizer_step.py                       # ViT-S/16, 1 thread
+    .venv/bin/python scripts/studies/optimizer_step.py vit_base_patch16_224 --threads 2 --repeats 5
 """
 
 from __future__ import annotations

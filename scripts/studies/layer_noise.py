@@ -1,8 +1,14 @@
 """Where does feature noise hurt, and do the fused steps remove it there?
-(docs/results/robustness.md)
+
+Results: docs/results/robustness.md, "Does the ViT fail to denoise?" ("Where the noise hurts,
+one layer at a time", and the Swin, ResNet-18-D and hybrid-ViT tests). Rerun, from the
+repository root, on the runs of ``robustness_denoisers.sh closed_form`` (commands on that page):
+
+    .venv/bin/python scripts/studies/layer_noise.py runs/robust_cf_bits/vit
+    .venv/bin/python scripts/studies/layer_noise.py runs/robust_cf_bits/resnet
 
 For every seed of ``denoiserep ablate`` runs with a label-free closed-form arm: Gaussian feature
-noise (σ relative to the input's std, ``denoiserep.core.feature_noise``) at the input of one
+noise (σ relative to the input's std, ``denoiserep.robustness.feature_noise``) at the input of one
 target layer at a time, the same noise for both models, scored on the first ``--images`` test
 images for the baseline and for the label-free strong closed-form arm (that baseline with its
 fitted steps fused, no training). Per layer, pooled over seeds: the SNR gain of the layer's own
@@ -10,7 +16,8 @@ step under isotropic noise (``denoising_snr.py``), the baseline's loss to noise 
 alone, and what the fused steps recover of it (arm − baseline under that noise, less their clean
 difference), with the paired t-test's p. The last row puts the noise at every layer at once.
 
-    .venv/bin/python scripts/layer_noise.py RUN_DIR [RUN_DIR ...] [--sigma 0.5] [--images 1000]
+    .venv/bin/python scripts/studies/layer_noise.py RUN_DIR [RUN_DIR ...] \\
+        [--sigma 0.5] [--images 1000]
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from denoising_snr import snr_gains
 from seed_study import paired_cell, run_seeds, run_targets, saved_model
 from torch.utils.data import Subset
 
-from denoiserep.classification.task import evaluate
-from denoiserep.core.feature_noise import feature_noise
+from denoiserep.classification.step import evaluate
+from denoiserep.robustness.feature_noise import feature_noise
 
 ARMS = ("baseline", "label_free_strong_closed_form")
 ALL = "(every layer at once)"

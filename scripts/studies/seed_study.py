@@ -1,10 +1,12 @@
-"""What the seed-study scripts share: the seeds of ``denoiserep ablate`` runs with their data
-loaded once per run, the models their arms saved, and the paired comparison over seeds as a
-Markdown table.
+"""What the seed-study scripts share (a helper, not a study: nothing to rerun).
 
-Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``layer_noise.py``,
-``patch_denoiser.py``, ``target_subsets.py`` and ``pool_seeds.py`` (the scripts folder is on
-``sys.path`` when one of them runs).
+The seeds of ``denoiserep ablate`` runs with their data loaded once per run, the models their
+arms saved, and the paired comparison over seeds as a Markdown table: the tables of
+docs/results/robustness.md and docs/results/training-cost.md that those scripts print.
+
+Imported by ``bn_recalibration.py``, ``activation_quantization.py``, ``denoising_snr.py``,
+``layer_noise.py``, ``patch_denoiser.py``, ``target_subsets.py``, ``pool_seeds.py`` and
+``regression_precision.py`` (``scripts/studies`` is on ``sys.path`` when one of them runs).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from torch.utils.data import DataLoader
 import denoiserep as dr
 from denoiserep.classification.ablation import compare
 from denoiserep.classification.datasets import build_classification_data
-from denoiserep.classification.protocol import materialize
+from denoiserep.classification.task import materialize
 from denoiserep.core.convert import select_targets
-from denoiserep.core.io import load_state_checked
 from denoiserep.models.factory import create_model
+from denoiserep.util.state_dict import load_state_checked
 
 
 def run_seeds(runs: Sequence[Path]) -> Iterator[tuple[dict[str, Any], Any, Path]]:

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# docs/results/training-cost.md: what a per-layer token budget (denoise.loss_tokens) costs the denoiser
-# on real features. One Fashion-MNIST ViT baseline (fashion_vit.yaml, seed 0), then 4 label-free
+# How much does a per-layer token budget (denoise.loss_tokens) cost the denoiser on real features?
+# Results: docs/results/training-cost.md, "The full record", the items "A token budget for the
+# noise regression" and (with finetune.denoiser_optimizer=adafactor) "The denoisers' own
+# optimizer". Rerun, from the repository root: bash scripts/studies/token_budget_fashion.sh
+# One Fashion-MNIST ViT baseline (fashion_vit.yaml, seed 0), then 4 label-free
 # epochs of the denoisers (strong schedule, so that D learns visibly) with all tokens (0) and with
 # budgets of 256, 64 and 16 tokens per layer and step; compare the `ploss` of the last epoch in
 # each run's results.json (histories -> "0" -> denoiserep). Last, the same denoisers set to the
 # optimum of their expected loss in one pass (finetune.denoiser_init=closed_form, no epochs): the
 # loss that training approaches. Needs dataset-fashion-mnist.
 #
-#   bash scripts/token_budget_fashion.sh [OUT [OVERRIDE ...]]
+#   bash scripts/studies/token_budget_fashion.sh [OUT [OVERRIDE ...]]
 # OVERRIDEs go to every denoiser run, e.g. finetune.denoiser_optimizer=adafactor.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${1:-runs/token_budget}
 shift || true
 run() { OMP_NUM_THREADS=1 .venv/bin/denoiserep classify --config fashion_vit.yaml --no-progress "$@"; }

@@ -1,5 +1,10 @@
-"""How much isotropic feature noise the closed-form strong-schedule steps remove, per layer
-(docs/results/robustness.md, "Does the ViT fail to denoise?").
+"""How much isotropic feature noise do the closed-form strong-schedule steps remove, per layer?
+
+Results: docs/results/robustness.md, "Does the ViT fail to denoise?". Rerun, from the
+repository root, on the runs of ``robustness_denoisers.sh closed_form`` (commands on that page):
+
+    .venv/bin/python scripts/studies/denoising_snr.py runs/robust_cf_bits/resnet
+    .venv/bin/python scripts/studies/denoising_snr.py runs/robust_cf_bits/vit
 
 For every target layer of each seed's baseline: the second moment M of the layer's input over
 the training images, the closed-form denoiser of the strong schedule
@@ -9,7 +14,7 @@ step with signal power tr(A M Aᵀ) and noise power σ² tr(A Aᵀ); the printed
 signal-to-noise ratio after the step over the one before, tr(A M Aᵀ) / tr(A Aᵀ) / (tr(M) / C),
 whatever σ. Grouped layers are skipped.
 
-    .venv/bin/python scripts/denoising_snr.py RUN_DIR [RUN_DIR ...]
+    .venv/bin/python scripts/studies/denoising_snr.py RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""What running the noise regression's product D·x_t in bf16 (``denoise.loss_dtype=autocast``)
-costs the denoisers, and what it saves (docs/results/training-cost.md, "The noise regression in the
-autocast dtype").
+"""What does running the noise regression's product D·x_t in bf16 cost, and what does it save?
+
+Results: docs/results/training-cost.md, "The full record", the "The noise regression in the
+autocast dtype" item (``denoise.loss_dtype=autocast``). Rerun, from the repository root:
+
+    .venv/bin/python scripts/studies/regression_precision.py synthetic
+    .venv/bin/python scripts/studies/regression_precision.py timing
+    .venv/bin/python scripts/studies/regression_precision.py features runs/robust_cf_cnns/resnet18
 
 The worry: at small t the noise b·eps is about 1 % of x_t, and bf16 keeps x_t to 0.4 %, so
 the rounding of x_t is input noise the regression sees. It matters where a layer's input
@@ -18,8 +23,6 @@ D* = b (a² M + b² I)⁻¹ is large, and the rounding noise lowers it.
     timing                  fwd + bwd of the 50 noise regressions of ViT-B/16 at 256 tokens under
                             bf16 autocast, 2 threads, both products; then the three operators
                             with the most self time in one profiled step of each
-
-    .venv/bin/python scripts/regression_precision.py features runs/robust_cf_cnns/resnet18
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def features(runs: list[Path], tokens: int = 50_000) -> None:
             x0 = seen[name]
             if layer.D.shape[0] != layer.D.shape[1] or len(x0) < 20 * x0.shape[1]:
                 continue  # grouped, or too few tokens for a C x C least-squares fit
-            share = kept_share(x0, *layer._noise)
+            share = kept_share(x0, *layer.noise_coefficients)
             print(
                 f"| {name} | {layer.t} | {x0.shape[1]} | {len(x0)} | "
                 f"{x0.abs().max():.2f} | {share:.2%} |"

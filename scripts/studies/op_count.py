@@ -1,14 +1,17 @@
-"""Operators one training step launches (forward + backward), per phase, against the baseline.
+"""How many operators does one training step launch, per phase, against the baseline?
 
-On a GPU each of these is a kernel launch (views excluded), and a step made of many small kernels
-can be bound by launching them rather than by FLOPs (docs/results/training-cost.md, "Kernel
-launches";
-what the issue's GPU times do and do not show: scripts/gpu_cost_model.py). Counted below
-autograd with a TorchDispatchMode, so the count does not depend on the device. The optimizer
-step is left out (on CUDA, AdamW's foreach implementation updates all parameters in a few
-kernels).
+Results: docs/results/training-cost.md, "The full record", the "Kernel launches" item. Rerun,
+from the repository root: ``.venv/bin/python scripts/studies/op_count.py 4`` (with ``--bf16``,
+``--batch-loss`` as that item gives).
 
-    .venv/bin/python scripts/op_count.py [--bf16] [--batch-loss] [batch] [model ...]
+Counts the operators of forward + backward. On a GPU each of these is a kernel launch (views
+excluded), and a step made of many small kernels can be bound by launching them rather than by
+FLOPs (what the issue's GPU times do and do not show: scripts/studies/gpu_cost_model.py).
+Counted below autograd with a TorchDispatchMode, so the count does not depend on the device.
+The optimizer step is left out (on CUDA, AdamW's foreach implementation updates all parameters
+in a few kernels).
+
+    .venv/bin/python scripts/studies/op_count.py [--bf16] [--batch-loss] [batch] [model ...]
 
 ``--bf16``: the step under bfloat16 autocast, as GPUs train (casts count too).
 ``--batch-loss``: ``DenoiseConfig(batch_loss=True)``, the noise regression scored in groups.
@@ -32,7 +35,7 @@ def train_pass(
 ) -> None:
     """One forward + backward of ``phase`` (None: plain training), as the bench's training
     step without its optimizer step. Uses only the API older versions of the package have too
-    (scripts/gpu_cost_model.py runs it on the code the issue measured)."""
+    (scripts/studies/gpu_cost_model.py runs it on the code the issue measured)."""
     if phase:
         dr.set_phase(model, phase)
     if phase == "denoiser":

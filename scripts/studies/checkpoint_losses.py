@@ -1,12 +1,17 @@
-"""Do the denoisers inside checkpointed blocks train? One label-free step of a tiny converted
-timm ViT (depth 2: 10 denoised layers, 8 inside the blocks) under timm's gradient checkpointing,
-re-entrant and not: how many D got a gradient, and the noise-prediction loss read before and
-after backward (equal unless the recomputation in backward overwrote it).
+"""Do the denoisers inside checkpointed blocks train?
 
-    .venv/bin/python scripts/checkpoint_losses.py
+Results: docs/results/training-cost.md, "The full record", the "Activation checkpointing" item.
+Rerun, from the repository root: ``.venv/bin/python scripts/studies/checkpoint_losses.py``.
+
+One label-free step of a tiny converted timm ViT (depth 2: 10 denoised layers, 8 inside the
+blocks) under timm's gradient checkpointing, re-entrant and not: how many D got a gradient, and
+the noise-prediction loss read before and after backward (equal unless the recomputation in
+backward overwrote it).
+
+    .venv/bin/python scripts/studies/checkpoint_losses.py
     # the code before the fix (commit 1e610c5):
     git worktree add /tmp/wt_1e610c5 1e610c5
-    PYTHONPATH=/tmp/wt_1e610c5/src .venv/bin/python scripts/checkpoint_losses.py
+    PYTHONPATH=/tmp/wt_1e610c5/src .venv/bin/python scripts/studies/checkpoint_losses.py
 """
 
 from __future__ import annotations

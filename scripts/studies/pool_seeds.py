@@ -1,10 +1,20 @@
-"""Pool the seeds of several ``denoiserep ablate`` runs of one study (same config, disjoint
-seeds, e.g. ``experiment.seeds=[3,4,5]`` on a second run) and print, per arm and measure, the
+"""What does a study show once the seeds of all its runs are pooled?
+
+Results: docs/results/robustness.md, "Denoisers at their optimum: where denoising helps",
+"Does the ViT fail to denoise?", "Quantized features: the rounding error is feature noise too"
+and "Re-identification: the label-free optimum on retrieval" (each gives its runs). Rerun, from
+the repository root, e.g.:
+
+    .venv/bin/python scripts/studies/pool_seeds.py \\
+        runs/robust_closed_form/resnet runs/robust_closed_form_345/resnet
+
+Pools the seeds of several ``denoiserep ablate`` runs of one study (same config, disjoint
+seeds, e.g. ``experiment.seeds=[3,4,5]`` on a second run) and prints, per arm and measure, the
 paired difference to the control over all seeds with its paired t-test p. Any run whose
 ``results.json`` has ``per_seed`` works (``denoiserep reid`` too: ``--measures mAP,...``);
 ``--reference baseline`` compares with the baseline instead.
 
-    .venv/bin/python scripts/pool_seeds.py RUN_DIR [RUN_DIR ...] [--measures acc1,mFA,...]
+    .venv/bin/python scripts/studies/pool_seeds.py RUN_DIR [RUN_DIR ...] [--measures acc1,mFA,...]
 """
 
 from __future__ import annotations

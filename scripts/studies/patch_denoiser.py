@@ -1,4 +1,10 @@
-"""Can a step at the patch embedding remove the noise the ViT cannot? (docs/results/robustness.md).
+"""Can a step at the patch embedding remove the noise the ViT cannot?
+
+Results: docs/results/robustness.md, "Does the ViT fail to denoise?" ("A step on whole
+patches"). Rerun, from the repository root, on the ViT run of ``robustness_denoisers.sh
+closed_form`` (command on that page):
+
+    .venv/bin/python scripts/studies/patch_denoiser.py runs/robust_cf_bits/vit
 
 ``layer_noise.py`` found the small ViT's feature-noise damage entering at its patch embedding,
 whose per-pixel step is a scalar on the 1-channel image. A patch embedding is a convolution
@@ -11,7 +17,7 @@ fuses both, and scores the three models on the first ``--images`` test images, c
 Gaussian noise on the image (σ relative to its std, the feature noise at the patch embedding's
 input) and with feature noise at every target layer. The same noise for every model.
 
-    .venv/bin/python scripts/patch_denoiser.py RUN_DIR [RUN_DIR ...] [--images 1000]
+    .venv/bin/python scripts/studies/patch_denoiser.py RUN_DIR [RUN_DIR ...] [--images 1000]
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ from torch import nn
 from torch.utils.data import Subset
 
 import denoiserep as dr
-from denoiserep.classification.task import evaluate
+from denoiserep.classification.step import evaluate
 from denoiserep.core.closed_form import SecondMoment
 from denoiserep.core.diagnostics import layer_inputs
-from denoiserep.core.feature_noise import feature_noise
+from denoiserep.robustness.feature_noise import feature_noise
 
 COLUMNS = ["clean", "image σ=0.2", "image σ=0.5", "every layer σ=0.5"]
 MODELS = ("baseline", "per_pixel", "per_patch")

@@ -1,4 +1,9 @@
-"""How much a per-layer token budget (``DenoiseConfig.loss_tokens``) costs the denoiser.
+"""How much does a per-layer token budget (``DenoiseConfig.loss_tokens``) cost the denoiser?
+
+Results: docs/results/training-cost.md, "The full record", the items "A token budget for the
+noise regression" and (``adafactor``) "The denoisers' own optimizer". Rerun, from the
+repository root: ``.venv/bin/python scripts/studies/token_budget.py 2000`` (and ``2000
+adafactor``); the Fashion-MNIST side is ``token_budget_fashion.sh``.
 
 A synthetic layer input with a known covariance (variances 10 .. 1e-3 on random axes) has a
 closed-form optimal denoiser D* = b (a^2 Sigma + b^2 I)^-1 (tests/core/test_objective.py derives
@@ -6,7 +11,7 @@ it). D is trained with Adam (or, with ``adafactor``, the factored optimizer of
 ``train.denoiser_optimizer=adafactor``) on 4096-token batches, the loss computed on all tokens or
 on a budget of them; printed: the excess risk R(D) - R(D*) as a share of that of D = 0.
 
-    .venv/bin/python scripts/token_budget.py [steps [adam|adafactor]]   # docs: 2000, ~1 min
+    .venv/bin/python scripts/studies/token_budget.py [steps [adam|adafactor]]   # docs: 2000, ~1 min
 """
 
 from __future__ import annotations

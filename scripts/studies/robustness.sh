@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The robustness study behind docs/results/robustness.md (2 CPU cores, one thread per job).
+# At the authors' settings, does DenoiseRep make a model more robust to corrupted images or
+# noisy features?
+# Results: docs/results/robustness.md, "The first study: the authors' settings" (2 CPU cores,
+# one thread per job).
+# Rerun, from the repository root: bash scripts/studies/robustness.sh
 # Needs the Debian package dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 run() { echo "== $*"; OMP_NUM_THREADS=1 /usr/bin/time -f "wall %e s" .venv/bin/denoiserep "$@" --no-progress; }
 run ablate --config robust_fashion_vit.yaml &
 run ablate --config robust_fashion_resnet.yaml &

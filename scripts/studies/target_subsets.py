@@ -1,4 +1,11 @@
-"""Which layers' steps do the denoising? (docs/results/robustness.md).
+"""Which layers' steps do the denoising?
+
+Results: docs/results/robustness.md, "Does the ViT fail to denoise?" ("Which steps do the
+work", and the Swin, ResNet-18-D and hybrid-ViT tests). Rerun, from the repository root, on the
+runs of ``robustness_denoisers.sh closed_form`` (commands on that page):
+
+    .venv/bin/python scripts/studies/target_subsets.py runs/robust_cf_bits/resnet \\
+        --subset "main path=conv1*,*downsample*,fc" --subset "branches=layer*.conv*"
 
 ``layer_noise.py`` found feature noise harmful where it enters a network's main path, not inside
 residual branches. This script tests what that predicts for the steps themselves, with no
@@ -11,7 +18,7 @@ std), with that noise at every target layer's input, and with every target layer
 rounded to 3 and 2 bits (per sample). The same noise for every model. It also prints what each
 subset's steps add to a training step (denoiser weights, multiply-adds of W·A_t).
 
-    .venv/bin/python scripts/target_subsets.py RUN_DIR [RUN_DIR ...] \\
+    .venv/bin/python scripts/studies/target_subsets.py RUN_DIR [RUN_DIR ...] \\
         --subset "main path=conv1*,*downsample*,fc" --subset "branches=layer*.conv*"
 
 A subset given as ``main_path`` alone is the ``targets="main_path"`` preset.
@@ -30,9 +37,9 @@ from seed_study import mean_table, paired_table, run_seeds, saved_model
 from torch.utils.data import Subset
 
 import denoiserep as dr
-from denoiserep.classification.task import evaluate
+from denoiserep.classification.step import evaluate
 from denoiserep.core.convert import select_targets
-from denoiserep.core.feature_noise import feature_noise, feature_quantization
+from denoiserep.robustness.feature_noise import feature_noise, feature_quantization
 
 COLUMNS = ["clean", "first layer σ=0.5", "every layer σ=0.5", "3 bits", "2 bits"]
 

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# docs/results/robustness.md: denoisers trained further than robustness.sh's, on the same data, seeds,
+# Does denoising help once the denoisers are trained further, or set to their optimum?
+# Results: docs/results/robustness.md, "Denoisers at their optimum: where denoising helps"
+# (adafactor, closed_form) and "Does the ViT fail to denoise?" (main_path); each table there gives
+# the exact command, e.g. (from the repository root):
+#   bash scripts/studies/robustness_denoisers.sh closed_form
+# Denoisers trained further than robustness.sh's, on the same data, seeds,
 # baselines and controls (robust_fashion_{vit,resnet}.yaml; the two backbones side by side, one
 # thread each, about 15 min on 2 cores per study).
-#   bash scripts/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor
-#   bash scripts/robustness_denoisers.sh closed_form [OUT [OVERRIDE ...]]  # D at its optimum
-#   MODELS="resnet10t resnet18" bash scripts/robustness_denoisers.sh main_path [OUT [OVERRIDE ...]]
+#   bash scripts/studies/robustness_denoisers.sh adafactor [OUT [OVERRIDE ...]]    # D with its own Adafactor
+#   bash scripts/studies/robustness_denoisers.sh closed_form [OUT [OVERRIDE ...]]  # D at its optimum
+#   MODELS="resnet10t resnet18" bash scripts/studies/robustness_denoisers.sh main_path [OUT [OVERRIDE ...]]
 #     # D at its optimum on all layers, or on a ResNet's main path only (stem, shortcuts, fc;
 #     # t stride 2 so its steps span the timesteps all layers have), then joint epochs
 # OVERRIDEs go to both runs, e.g. "experiment.seeds=[3,4,5]" for more seeds.
 # MODELS="resnet18 mobilenetv3_large_100" runs robust_fashion_resnet.yaml's study with each of these timm
 # models instead of the two backbones (side by side, one thread each; outputs OUT/<model>).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 study=${1:?usage: robustness_denoisers.sh adafactor|closed_form|main_path [OUT]}
 out=${2:-runs/robust_$study}
 shift $(($# < 2 ? $# : 2))

@@ -1,11 +1,19 @@
-"""Do fused denoisers help when features are quantized? (docs/results/robustness.md).
+"""Do fused denoisers help when features are quantized?
+
+Results: docs/results/robustness.md, "Quantized features: the rounding error is feature noise
+too" (``--static``: its "Static ranges, as post-training INT8 deployment quantizes").
+Rerun, from the repository root, on the runs of ``robustness_denoisers.sh closed_form`` (the
+commands that made them are on that page):
+
+    .venv/bin/python scripts/studies/activation_quantization.py \\
+        runs/robust_cf_cnns/resnet18 runs/robust_cf_cnns_345/resnet18 [--static]
 
 Quantizing activations is feature noise a deployed model really meets: each layer's input is
 rounded to a grid, an error of up to half a step per entry. A fused DenoiseRep layer computes
 W·A_t·q(x) = W·(A_t x + A_t e), so its reverse step acts on that error e as it does on Gaussian
 feature noise. This script scores the arms of ``denoiserep ablate`` runs (the models they saved,
 fused for DenoiseRep arms; no training) with every target layer's input rounded to ``b`` bits
-(``denoiserep.core.feature_noise.feature_quantization``: uniform, the range of each sample's
+(``denoiserep.robustness.feature_noise.feature_quantization``: uniform, the range of each sample's
 input, weights in float32; the pipelines' ``robustness.feature_bits``) on all test images, then
 prints the paired differences over every seed of every run with the paired t-test's p: each
 arm against the control, and the label-free arm against the baseline it was fitted to.
@@ -13,7 +21,7 @@ arm against the control, and the label-free arm against the baseline it was fitt
 min and max of its input over the first ``--calibration`` training images, measured for each
 arm on its own activations (``calibrate_ranges``), inputs outside it clipped.
 
-    .venv/bin/python scripts/activation_quantization.py RUN_DIR [RUN_DIR ...] [--bits 8 6 4]
+    .venv/bin/python scripts/studies/activation_quantization.py RUN_DIR [RUN_DIR ...] [--bits 8 6 4]
         [--static [--calibration 1000]]
 """
 
@@ -26,8 +34,8 @@ import torch
 from seed_study import mean_table, paired_table, run_seeds, run_targets, saved_model
 from torch.utils.data import DataLoader, Subset
 
-from denoiserep.classification.task import evaluate
-from denoiserep.core.feature_noise import calibrate_ranges, feature_quantization
+from denoiserep.classification.step import evaluate
+from denoiserep.robustness.feature_noise import calibrate_ranges, feature_quantization
 
 ARMS = ("baseline", "control", "label_free_strong_closed_form", "joint_strong_closed_form")
 COMPARISONS = (

@@ -1,4 +1,9 @@
-"""Convert, randomise and fuse a list of timm / torchvision architectures; print one table.
+"""Does conversion and fusion stay exact across timm's and torchvision's architectures?
+
+Converts, randomises and fuses a list of timm / torchvision architectures and prints one table.
+Results: docs/guide/python.md, "Converting, training, fusing" (the item on what ``convert``
+skips). Rerun, from the repository root: ``.venv/bin/python scripts/studies/arch_sweep.py``
+(it also takes any timm / torchvision model names, to check an architecture of your own).
 
 For each model: ``dr.convert(model, DenoiseConfig(targets="all"))`` on one image; every D set to
 random values with which each step moves its input by about 10 %; then the fused model compared
@@ -6,8 +11,8 @@ with the converted model in eval mode (output equal bit for bit?) and, layer by 
 explicit reference (``dr.explicit_denoising``: the reverse step applied to each layer's input,
 then the original layer); and the layers ``convert`` skipped, with why.
 
-    .venv/bin/python scripts/arch_sweep.py                 # the default list (about 4 min)
-    .venv/bin/python scripts/arch_sweep.py timm:resnet50 tv:swin_t
+    .venv/bin/python scripts/studies/arch_sweep.py                 # the default list (about 4 min)
+    .venv/bin/python scripts/studies/arch_sweep.py timm:resnet50 tv:swin_t
 """
 
 from __future__ import annotations
