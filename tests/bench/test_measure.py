@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from denoiserep.bench.latency import measure_latency, time_interleaved
 from denoiserep.bench.memory import (
     memory_method,
     module_tensors,
@@ -14,6 +13,7 @@ from denoiserep.bench.memory import (
     peak_memory,
     tensor_bytes,
 )
+from denoiserep.engine.latency import measure_latency, time_interleaved
 
 
 def test_cpu_peak_counts_live_tensor_bytes_above_the_start():
@@ -76,6 +76,31 @@ def test_time_interleaved_warms_up_then_runs_rounds():
     assert len(set(rounds)) > 1  # in shuffled orders
     with pytest.raises(ValueError, match="repeats >= 1"):
         time_interleaved(fns, repeats=0, warmup=0)
+
+
+def test_torch_benchmark_timer_times_one_statement_in_blocks_on_one_thread():
+    """Why time_interleaved stays: torch.utils.benchmark.Timer runs one statement at a time
+    (warm-up calls inside every measurement) on one thread unless told otherwise; the bench
+    times every variant's single calls in shuffled rounds at the process's thread count."""
+    from torch.utils.benchmark import Timer
+
+    calls, threads = [], []
+
+    def fn():
+        calls.append("a")
+        threads.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Timer("fn()", globals={"fn": fn}).timeit(1)
+        assert len(calls) == 3 and set(threads) == {1}  # 2 warm-up calls + 1 timed, 1 thread
+        calls.clear()
+        threads.clear()
+        time_interleaved({"a": fn}, repeats=1, warmup=0)
+        assert len(calls) == 1 and threads == [2]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_measure_latency_returns_medians_in_eval_mode():

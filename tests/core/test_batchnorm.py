@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import denoiserep as dr
-from denoiserep.core.batchnorm import batchnorm_layers
+from denoiserep.util.batchnorm import batchnorm_layers
 
 
 def net() -> nn.Module:
@@ -173,3 +173,58 @@ def test_two_processes_average_their_statistics(tmp_path):
         assert got.keys() == {"1.running_mean", "1.running_var", "5.running_mean", "5.running_var"}
         for k, v in got.items():
             torch.testing.assert_close(v, single.state_dict()[k], msg=f"rank {rank} {k}")
+
+
+def test_update_bn_differs_where_train_mode_changes_the_forward():
+    """Why we keep our own pass: ``update_bn`` puts the whole model in train mode."""
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    ours, theirs, x = net(), net(), images()  # dropout (p=0.5) between the two BatchNorms
+    dr.recalibrate_batchnorm(ours, x)
+    update_bn([x], theirs)
+    assert torch.equal(ours[1].running_var, theirs[1].running_var)  # before the dropout
+    assert not torch.allclose(ours[5].running_var, theirs[5].running_var)  # after it
+
+    # a converted model in phase "denoiser" trains D beside the original layer: update_bn
+    # takes the statistics of the original weights, ours those of the fused export
+    torch.manual_seed(0)
+    model = net()
+    model[3].p = 0.0
+    converted = dr.convert(model, dr.DenoiseConfig(targets="all", beta_end=0.2), images(2))
+    dr.fit_denoisers(converted, images(64, seed=2))
+    dr.set_phase(converted, "denoiser")
+    twin, fused, original = copy.deepcopy(converted), dr.fuse(copy.deepcopy(converted)), net()
+    original[3].p = 0.0  # net() is seeded: the weights before conversion
+    data = images(64, seed=3)
+    dr.recalibrate_batchnorm(converted, data)
+    dr.recalibrate_batchnorm(fused, data)
+    update_bn([data], twin)
+    update_bn([data], original)
+    for a, b in zip(batchnorm_layers(converted), batchnorm_layers(fused), strict=True):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+    for a, b in zip(batchnorm_layers(twin), batchnorm_layers(original), strict=True):
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=0, atol=0)
+    assert not torch.equal(converted[1].running_mean, twin[1].running_mean)
+
+
+def test_update_bn_agrees_to_rounding_on_a_converted_model_in_phase_joint():
+    """Train mode in phase "joint" runs the differentiable fused weight (W A_t computed as in
+    training), ours the exact fused weight: the same statistics up to float rounding."""
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    torch.manual_seed(0)
+    model = net()
+    model[3].p = 0.0
+    converted = dr.convert(model, dr.DenoiseConfig(targets="all", beta_end=0.2), images(2))
+    dr.fit_denoisers(converted, images(64, seed=2))
+    twin, data = copy.deepcopy(converted), images(64, seed=3)
+    dr.recalibrate_batchnorm(converted, data)
+    update_bn([data], twin)
+    for a, b in zip(batchnorm_layers(converted), batchnorm_layers(twin), strict=True):
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-5, atol=1e-6)

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from denoiserep.engine.latency import time_interleaved
 from denoiserep.models.factory import create_model
+from denoiserep.util.errors import first_line
 
 from .config import MB, BenchConfig
 from .export import check_onnx, check_strict_reload, check_torch_export, export_onnx
-from .latency import time_interleaved
 from .memory import module_tensors, peak_memory, tensor_bytes
 
 
@@ -105,7 +106,7 @@ def _attempt(prefix: str, check: Callable[[], float]) -> dict[str, Any]:
     try:
         return {f"{prefix}_ok": True, f"{prefix}_max_abs_diff": check()}
     except Exception as e:  # noqa: BLE001 - an export that fails is what we report
-        error = f"{type(e).__name__}: {e}".splitlines()[0]
+        error = f"{type(e).__name__}: {first_line(e)}"
         return {f"{prefix}_ok": False, f"{prefix}_max_abs_diff": None, f"{prefix}_error": error}
 
 

@@ -91,6 +91,13 @@ def random_erasing(
     return x.masked_fill(mask, 0.0)
 
 
+def resize_size(input_size: int, crop_pct: float) -> int:
+    """The evaluation resize before the centre crop: ``floor(input_size / crop_pct)`` as timm's
+    ``create_transform`` computes it (224 / 0.9 -> 248), with a margin for ratios derived from
+    integer sizes (torchvision's 224 / 232 gives back 232, not 231)."""
+    return math.floor(input_size / crop_pct + 1e-6)
+
+
 def image_transforms(
     input_size: int,
     mean: Sequence[float],
@@ -111,7 +118,7 @@ def image_transforms(
         + tail
     )
     evaluate = T.Compose(
-        [T.Resize(round(input_size / crop_pct), interpolation=mode), T.CenterCrop(input_size)]
+        [T.Resize(resize_size(input_size, crop_pct), interpolation=mode), T.CenterCrop(input_size)]
         + tail
     )
     return train, evaluate

@@ -11,6 +11,9 @@ the image list, out-of-range labels); image files are decoded when an item is re
 
     data = build_classification_data("cifar10", "/data/cifar", max_train=5000)
 
+`download=True` (CIFAR-10/100, Fashion-MNIST, Flowers-102, Oxford-IIIT Pet) first fetches the
+official files with torchvision (`download.py`); the reading stays ours (docs/development.md).
+
 A new dataset is one module whose reader is decorated with `register_dataset(name)`, plus
 its import below.
 """

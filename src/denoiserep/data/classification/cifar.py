@@ -13,6 +13,7 @@ import numpy as np
 from denoiserep.data.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
 from .base import ClassificationData, PathLike, Split, Transform, array_data
+from .download import fetch
 from .files import check_labels, require_file, resolve_root
 from .registry import register_dataset
 
@@ -156,15 +157,21 @@ def read_cifar(
 
 
 @register_dataset("cifar10")
-def read_cifar10(root: PathLike, **options) -> ClassificationData:
+def read_cifar10(root: PathLike, *, download: bool = False, **options) -> ClassificationData:
     """CIFAR-10 from the python pickles (`data_batch_1..5`, `test_batch`, `batches.meta`)
     in `root` or `root/cifar-10-batches-py`. Options (`subset`, `max_train`, `max_test`,
-    `train_transform`, `test_transform`) as `read_fashion_mnist`."""
+    `train_transform`, `test_transform`) as `read_fashion_mnist`; `download` first fetches
+    the files into `root/cifar-10-batches-py` with torchvision (where a network exists)."""
+    if download:
+        fetch("cifar10", root)
     return read_cifar(CIFAR10, root, **options)
 
 
 @register_dataset("cifar100")
-def read_cifar100(root: PathLike, **options) -> ClassificationData:
+def read_cifar100(root: PathLike, *, download: bool = False, **options) -> ClassificationData:
     """CIFAR-100 (fine labels) from the python pickles (`train`, `test`, `meta`) in `root`
-    or `root/cifar-100-python`. Options as `read_cifar10`."""
+    or `root/cifar-100-python`. Options (`subset`, `max_train`, `max_test`, `train_transform`,
+    `test_transform`) and `download` as `read_cifar10`."""
+    if download:
+        fetch("cifar100", root)
     return read_cifar(CIFAR100, root, **options)

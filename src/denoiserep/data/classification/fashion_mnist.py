@@ -16,6 +16,7 @@ from denoiserep.data.constants import (
 from denoiserep.data.idx import read_idx
 
 from .base import ClassificationData, PathLike, Split, Transform, array_data
+from .download import fetch
 from .files import check_labels
 from .registry import register_dataset
 
@@ -55,11 +56,15 @@ def read_fashion_mnist(
     max_test: int | None = None,
     train_transform: Transform | None = None,
     test_transform: Transform | None = None,
+    download: bool = False,
 ) -> ClassificationData:
     """Fashion-MNIST from its IDX files (`train-images-idx3-ubyte[.gz]`, ...) in `root` or
     in torchvision's `root/FashionMNIST/raw`. `subset` keeps only those class ids (relabelled
-    0..len-1 in that order); `max_train` / `max_test` keep the first N images of each split."""
+    0..len-1 in that order); `max_train` / `max_test` keep the first N images of each split;
+    `download` first fetches the files into `root/FashionMNIST/raw` with torchvision."""
     root = os.fspath(root)
+    if download:
+        fetch("fashion_mnist", root)
     return array_data(
         _read_idx_split(root, "train"),
         _read_idx_split(root, "t10k"),

@@ -9,6 +9,7 @@ import numpy as np
 import scipy.io
 
 from .base import ClassificationData, PathLike, Transform, folder_data
+from .download import fetch
 from .files import listed_file, require_file, resolve_root
 from .registry import register_dataset
 
@@ -53,11 +54,15 @@ def read_flowers102(
     img_size: int = 224,
     train_transform: Transform | None = None,
     test_transform: Transform | None = None,
+    download: bool = False,
 ) -> ClassificationData:
     """Oxford Flowers-102 in `root` or `root/flowers-102`: `jpg/image_%05d.jpg`,
     `imagelabels.mat` (`labels`, 1-based) and `setid.mat` (`trnid`, `valid`, `tstid`, 1-based
     image ids). Train = trnid (+ valid with `include_val`), test = tstid. Class names are the
-    1-based label numbers as strings, since the files carry no names."""
+    1-based label numbers as strings, since the files carry no names. `download` first
+    fetches the files into `root/flowers-102` with torchvision."""
+    if download:
+        fetch("flowers102", root)
     root = resolve_root(root, "flowers-102")
     labels_path, setid_path = os.path.join(root, "imagelabels.mat"), os.path.join(root, "setid.mat")
     labels = _load_mat_vector(labels_path, "labels")

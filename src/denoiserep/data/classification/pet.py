@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .base import ClassificationData, PathLike, Transform, folder_data
+from .download import fetch
 from .files import listed_file, read_table, resolve_root
 from .registry import register_dataset
 
@@ -37,11 +38,15 @@ def read_oxford_pet(
     img_size: int = 224,
     train_transform: Transform | None = None,
     test_transform: Transform | None = None,
+    download: bool = False,
 ) -> ClassificationData:
     """Oxford-IIIT Pet (37 breeds) in `root` or `root/oxford-iiit-pet`: split lists
     `annotations/trainval.txt` (train) and `annotations/test.txt` (test) with lines
     `<name> <class 1..37> <species> <breed id>`, images `images/<name>.jpg`. Class names
-    are the image-name prefixes (e.g. `Abyssinian`, `american_bulldog`)."""
+    are the image-name prefixes (e.g. `Abyssinian`, `american_bulldog`). `download` first
+    fetches the files into `root/oxford-iiit-pet` with torchvision."""
+    if download:
+        fetch("oxford_pet", root)
     root = resolve_root(root, "oxford-iiit-pet")
     names: dict[int, str] = {}
     train, test = (
