@@ -5,13 +5,13 @@ alone costs about a ViT-B baseline step: docs/performance.md)."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 
 import denoiserep
-from denoiserep.cli import COMMANDS, load_task_config, main
+from denoiserep.cli import load_task_config, main
+from denoiserep.tasks.registry import get_task
 
 CONFIGS = Path(denoiserep.__file__).parent / "configs"
 COMMAND_OF = {
@@ -21,6 +21,7 @@ COMMAND_OF = {
     "bench": "bench",
     "bench_tiny": "bench",
     "digits_demo": "classify",
+    "probe_digits": "probe",
     "fashion_vit": "classify",
     "fashion_resnet": "classify",
     "fashion_vmamba": "classify",
@@ -111,8 +112,8 @@ def test_every_shipped_config_is_known():
 
 @pytest.mark.parametrize("name", sorted(COMMAND_OF))
 def test_config_loads(name):
-    module = importlib.import_module(COMMANDS[COMMAND_OF[name]][0])
-    cfg = load_task_config(module.Config, CONFIGS / f"{name}.yaml", [], None)
+    task = get_task(COMMAND_OF[name])
+    cfg = load_task_config(task.Config, CONFIGS / f"{name}.yaml", [], None)
     assert cfg.output
 
 
@@ -128,8 +129,8 @@ def test_paper_settings_name_their_missing_data(name, tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_settings_cap_the_noise_regression_and_fuse_the_optimizer(name):
-    module = importlib.import_module(COMMANDS[COMMAND_OF[name]][0])
-    cfg = load_task_config(module.Config, CONFIGS / f"{name}.yaml", [], None)
+    task = get_task(COMMAND_OF[name])
+    cfg = load_task_config(task.Config, CONFIGS / f"{name}.yaml", [], None)
     assert cfg.denoise.loss_tokens == 256
     assert cfg.finetune.fused_optimizer and cfg.baseline.fused_optimizer == (
         cfg.baseline.epochs > 0  # a pretrained baseline is not trained

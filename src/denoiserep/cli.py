@@ -1,15 +1,15 @@
 """The ``denoiserep`` command line.
 
-Each pipeline is a module exposing ``Config`` (a dataclass), ``run(cfg, overwrite, progress)``
-returning a report dict, ``summarize(report) -> str`` and ``DEFAULT_CONFIG`` (a file name in
-``denoiserep/configs`` or None). Config files are YAML; ``key.sub=value`` arguments override,
-anywhere on the command line. Errors are one line (``--debug`` shows the traceback).
+Each command runs a task of :mod:`denoiserep.tasks.registry` (a
+:class:`~denoiserep.tasks.contract.Task`: its ``Config`` dataclass, ``run``, ``summarize`` and
+the packaged config it runs without ``--config``). Config files are YAML; ``key.sub=value``
+arguments override, anywhere on the command line. Errors are one line (``--debug`` shows the
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,40 +17,12 @@ from typing import NoReturn
 
 import yaml
 
-from .core.config import load_yaml, yaml_error_line
 from .engine.config import apply_overrides, from_dict
+from .tasks.registry import get_task, task_info, task_names
+from .util.config import load_yaml, yaml_error_line
 
-COMMANDS = {
-    "demo": ("denoiserep.classification.protocol", "the demo: DenoiseRep on scikit-learn's digits"),
-    "classify": (
-        "denoiserep.classification.protocol",
-        "classification: baseline, control and DenoiseRep arms",
-    ),
-    "ablate": (
-        "denoiserep.classification.ablation",
-        "classification ablation: DenoiseRep variants against one control arm",
-    ),
-    "reid": ("denoiserep.reid.protocol", "re-identification: baseline, control and DenoiseRep"),
-    "detect": ("denoiserep.dense.detection", "detection (Faster/Mask R-CNN) with DenoiseRep"),
-    "segment": (
-        "denoiserep.dense.segmentation",
-        "segmentation (FCN, DeepLabV3, LR-ASPP, SegFormer) with DenoiseRep",
-    ),
-    "bench": ("denoiserep.bench.run", "inference/training cost of fused vs baseline models"),
-}
-# commands that read a finished or interrupted run folder instead of running a config
 FOLDER_COMMANDS = {
     "report": "rebuild results.md and the plots of a run folder from its results.json",
-}
-DEMO_CONFIG = "digits_demo.yaml"
-# what each command runs without --config (each module's DEFAULT_CONFIG; a test checks)
-DEFAULT_CONFIGS = {
-    "classify": "digits_demo.yaml",
-    "ablate": "ablation_fashion.yaml",
-    "reid": "reid_fashion.yaml",
-    "detect": "detect_canvas.yaml",
-    "segment": "segment_canvas.yaml",
-    "bench": "bench.yaml",
 }
 # exception types whose message alone does not say what went wrong
 _NAMED = (KeyError, IndexError, AttributeError, TypeError, AssertionError, NotImplementedError)
@@ -104,14 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="denoiserep", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"denoiserep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (_, help_text) in COMMANDS.items():
-        description = help_text
-        if name == "demo":
-            description += f"; runs the packaged {DEMO_CONFIG}"
-        elif name in DEFAULT_CONFIGS:
-            description += f"; without --config: the packaged {DEFAULT_CONFIGS[name]}"
-        p = sub.add_parser(name, help=help_text, description=description)
-        if name != "demo":
+    for name in task_names():
+        info = task_info(name)
+        description = info.help
+        if info.fixed_config:
+            description += f"; runs the packaged {info.default_config}"
+        elif info.default_config:
+            description += f"; without --config: the packaged {info.default_config}"
+        p = sub.add_parser(name, help=info.help, description=description)
+        if not info.fixed_config:
             p.add_argument(
                 "--config",
                 metavar="FILE",
@@ -202,11 +175,10 @@ def error_line(e: BaseException) -> str:
 
 def rebuild_command(args: argparse.Namespace) -> int:
     """``denoiserep report RUN_DIR``: rewrite the run's tables and plots, print its table."""
-    from .engine.rebuild import WRITERS, rebuild_report
+    from .tasks.rebuild import rebuild_report
 
     report = rebuild_report(args.run_dir)
-    module = importlib.import_module(WRITERS[report["task"]])
-    print(module.summarize(report))
+    print(get_task(report["task"]).summarize(report))
     return 0
 
 
@@ -216,17 +188,15 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.command in FOLDER_COMMANDS:
         return rebuild_command(args)
-    module = importlib.import_module(COMMANDS[args.command][0])
+    task, info = get_task(args.command), task_info(args.command)
     config = getattr(args, "config", None)
-    if args.command == "demo":
-        config = packaged_config(DEMO_CONFIG)
-    elif config is None and getattr(module, "DEFAULT_CONFIG", None):
-        config = packaged_config(module.DEFAULT_CONFIG)
-    cfg = load_task_config(module.Config, config, list(args.overrides), args.output)
+    if info.default_config and (info.fixed_config or config is None):
+        config = packaged_config(info.default_config)
+    cfg = load_task_config(task.Config, config, list(args.overrides), args.output)
     with run_scope():  # a run that fails before it started gives its folder back as it was
-        report = module.run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+        report = task.run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     if dist.is_main():
-        print(module.summarize(report))
+        print(task.summarize(report))
     return 0
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import denoiserep as dr
-from denoiserep.classification.task import ClassificationTask
+from denoiserep.classification.step import ClassificationStep
 from denoiserep.engine.trainer import TrainConfig, fit
 from tests.conftest import randomize_denoisers, reference_step, rel_err
 from tests.core.test_checkpointing import check_bf16_checkpointed_step
@@ -138,7 +138,7 @@ def train(device: str, amp: bool, out) -> tuple[nn.Module, list]:
     cfg = TrainConfig(
         epochs=3, batch_size=16, lr=1e-3, phases="alternating", denoiser_epochs=1, amp=amp
     )
-    history = fit(model, tiny_data(), cfg, ClassificationTask(), out, progress=False)
+    history = fit(model, tiny_data(), cfg, ClassificationStep(), out, progress=False)
     return model, history
 
 

@@ -13,15 +13,15 @@ from torch import nn
 from denoiserep.cli import main, packaged_config
 from denoiserep.dense.canvas import build_fashion_canvas
 from denoiserep.dense.coco import CocoDetection
+from denoiserep.dense.common import CanvasConfig, ensure_canvas
 from denoiserep.dense.detection import (
     DataConfig,
     DetectConfig,
-    DetectionTask,
+    DetectionStep,
     evaluate_detection,
     hflip,
 )
 from denoiserep.dense.models import build_detector
-from denoiserep.dense.protocol import CanvasConfig, ensure_canvas
 from tests.dense.fakes import ROBUSTNESS, check_robustness, write_fake_fmnist
 
 
@@ -87,7 +87,7 @@ class _Recorder(nn.Module):
 
 
 def test_task_reads_no_labels_in_eval_mode_and_sums_losses():
-    task, model = DetectionTask(), _Recorder()
+    task, model = DetectionStep(), _Recorder()
     batch = ([torch.zeros(3, 4, 4)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
     model.eval()  # what the trainer's label-free ``denoiser`` phase does
     task.forward(model, batch)

@@ -20,7 +20,7 @@ from denoiserep.dense.segmentation import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataConfig,
-    SegmentationTask,
+    SegmentationStep,
     evaluate_segmentation,
 )
 from tests.dense.fakes import ROBUSTNESS, check_robustness, write_fake_fmnist
@@ -59,7 +59,7 @@ def test_segment_cli_end_to_end(tmp_path, capsys):
 
 
 def test_augmentation_follows_the_generator():
-    task = SegmentationTask(crop_size=8, scale_range=(0.5, 2.0), flip=True)
+    task = SegmentationStep(crop_size=8, scale_range=(0.5, 2.0), flip=True)
     images = [torch.rand(3, 8, 8) for _ in range(3)]
     masks = [torch.randint(0, 4, (8, 8)) for _ in range(3)]
     a = task.augment((images, masks), torch.Generator().manual_seed(5))
@@ -67,7 +67,7 @@ def test_augmentation_follows_the_generator():
     b = task.augment((images, masks), torch.Generator().manual_seed(5))
     assert a[0].shape == (3, 3, 8, 8) and a[1].shape == (3, 8, 8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    identity = SegmentationTask(crop_size=8, scale_range=(1.0, 1.0), flip=False)
+    identity = SegmentationStep(crop_size=8, scale_range=(1.0, 1.0), flip=False)
     x, y = identity.augment((images, masks), torch.Generator().manual_seed(5))
     assert torch.allclose(x, torch.stack(images), atol=1e-6) and torch.equal(y, torch.stack(masks))
 
@@ -148,7 +148,7 @@ def test_unaugmented_batches_run_image_by_image_at_their_own_sizes():
         def forward(self, x):
             return {"out": self.conv(x)}
 
-    task, model = SegmentationTask(8), Head()
+    task, model = SegmentationStep(8), Head()
     images = [torch.rand(3, 5, 7), torch.rand(3, 9, 4)]
     outs = task.forward(model, (images, [torch.zeros(5, 7), torch.zeros(9, 4)]))
     assert [o["out"].shape for o in outs] == [(1, 2, 5, 7), (1, 2, 9, 4)]

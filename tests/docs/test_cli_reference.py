@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import subprocess
 import sys
@@ -11,6 +10,15 @@ import pytest
 
 import denoiserep
 from denoiserep import cli, docgen
+from denoiserep.tasks.registry import get_task, task_info, task_names
+
+
+def default_configs() -> dict[str, str]:
+    """What each command that takes --config runs without one."""
+    infos = {name: task_info(name) for name in task_names()}
+    return {
+        n: i.default_config for n, i in infos.items() if i.default_config and not i.fixed_config
+    }
 
 
 def _parser_flags(parser) -> set[str]:
@@ -30,7 +38,7 @@ def test_every_command_is_in_the_reference_with_exactly_its_arguments():
     sections = _reference_sections(docgen.cli_reference())
     commands = docgen.subcommands()
     assert list(sections) == list(commands)
-    assert set(commands) == set(cli.COMMANDS) | set(cli.FOLDER_COMMANDS)
+    assert set(commands) == set(task_names()) | set(cli.FOLDER_COMMANDS)
     for name, parser in commands.items():
         rows = _reference_rows(sections[name])
         flags = {f.split(" ")[0] for row in rows for f in row.split(", ") if f.startswith("-")}
@@ -45,10 +53,10 @@ def test_help_lists_every_option_the_command_takes():
         text = parser.format_help()
         for flag in _parser_flags(parser):
             assert flag in text, (name, flag)
-        if name in cli.COMMANDS:
+        if name in task_names():
             assert "key.sub=value" in text
-        if name in cli.DEFAULT_CONFIGS:
-            assert cli.DEFAULT_CONFIGS[name] in text  # what runs without --config
+        if name in default_configs():
+            assert default_configs()[name] in text  # what runs without --config
 
 
 @pytest.mark.parametrize("argv", [["demo", "--config", "x.yaml"], ["report", "d", "--no-progress"]])
@@ -59,9 +67,8 @@ def test_options_a_command_does_not_take_are_refused(argv, capsys):
 
 
 def test_default_configs_are_the_modules_own():
-    for name, default in cli.DEFAULT_CONFIGS.items():
-        module = importlib.import_module(cli.COMMANDS[name][0])
-        assert module.DEFAULT_CONFIG == default, name
+    for name, default in default_configs().items():
+        assert get_task(name).default_config == default, name
         assert cli.packaged_config(default).is_file()
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 
 import pytest
 
-from denoiserep import cli, docgen
+from denoiserep import docgen
+from denoiserep.tasks.registry import get_task, task_names
 
 
 def _field_value(f: dataclasses.Field, default=None):
@@ -38,8 +38,8 @@ def reference() -> str:
 
 def test_every_key_in_the_reference_is_a_field_and_vice_versa(reference):
     listed = docgen.reference_keys(reference)
-    for name, (module_name, _) in cli.COMMANDS.items():
-        cls = importlib.import_module(module_name).Config
+    for name in task_names():
+        cls = get_task(name).Config
         keys = listed[name]
         if not keys:  # "Same keys as": the section of the command with the same config class
             same = re.search(
@@ -88,8 +88,8 @@ def _classes(cls: type, default=None, found=None) -> dict[str, type]:
 
 def test_meanings_table_names_only_real_fields():
     classes: dict[str, type] = {}
-    for module_name, _ in cli.COMMANDS.values():
-        classes.update(_classes(importlib.import_module(module_name).Config))
+    for name in task_names():
+        classes.update(_classes(get_task(name).Config))
     for key in docgen.MEANINGS:
         owner, _, field = key.rpartition(".")
         assert owner in classes, key

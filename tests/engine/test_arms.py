@@ -12,7 +12,7 @@ import torch
 import denoiserep
 from denoiserep.cli import main
 from denoiserep.engine import arms
-from denoiserep.engine.rebuild import rebuild_report
+from denoiserep.tasks.rebuild import rebuild_report
 
 TINY = [
     "robustness.enabled=false",

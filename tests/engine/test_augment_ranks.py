@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from denoiserep.classification.task import ClassificationTask
+from denoiserep.classification.step import ClassificationStep
 from denoiserep.engine.trainer import TrainConfig, fit
 
 BATCH = 16
@@ -28,7 +28,7 @@ def dataset() -> TensorDataset:
     return TensorDataset(x, torch.arange(64) % 3)
 
 
-class Recording(ClassificationTask):
+class Recording(ClassificationStep):
     def __init__(self, pad: int, flip: bool) -> None:
         super().__init__(pad=pad, flip=flip)
         self.seen: list[torch.Tensor] = []

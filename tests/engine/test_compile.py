@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import denoiserep as dr
-from denoiserep.classification.task import ClassificationTask
+from denoiserep.classification.step import ClassificationStep
 from denoiserep.engine.trainer import TrainConfig, fit
 from tests.conftest import randomize_denoisers, rel_err
 
@@ -124,7 +124,7 @@ def test_fit_with_compile_trains_like_eager(tmp_path):
             models[compiled],
             data,
             cfg,
-            ClassificationTask(),
+            ClassificationStep(),
             tmp_path / str(compiled),
             progress=False,
         )

@@ -17,11 +17,11 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from denoiserep.classification.protocol import ClassificationArms, ClassifyConfig
+from denoiserep.classification.task import ClassificationExperiment, ClassifyConfig
 from denoiserep.cli import main
 from denoiserep.engine.config import from_dict
 from denoiserep.models import create_model
-from denoiserep.reid.protocol import ReIDArms, ReIDConfig
+from denoiserep.reid.task import ReIDConfig, ReIDExperiment
 from tests.reid.test_reid_pipeline import TINY as REID_TINY
 from tests.reid.test_reid_pipeline import write_market
 
@@ -89,7 +89,7 @@ def test_classify_denoiserep_only_from_a_checkpoint(tmp_path, capsys):
     # the baseline is the checkpoint as loaded, and its row is that model's evaluation
     baseline = load_file(str(out / "seed0" / "baseline" / "model.safetensors"))
     assert all(torch.equal(baseline[k], state[k]) for k in state)
-    task = ClassificationArms(saved_config(out, ClassifyConfig))
+    task = ClassificationExperiment(saved_config(out, ClassifyConfig))
     loaded = task.build_model().to(task.device)
     expected = task.evaluate(loaded)
     for metric in ("acc1", "acc5"):
@@ -130,7 +130,7 @@ def test_reid_denoiserep_only_from_a_backbone_checkpoint(tmp_path, capsys):
     assert_denoiserep_only(out, report)
     baseline = load_file(str(out / "seed0" / "baseline" / "model.safetensors"))
     assert all(torch.equal(baseline["backbone." + k], v) for k, v in state.items())
-    task = ReIDArms(saved_config(out, ReIDConfig))
+    task = ReIDExperiment(saved_config(out, ReIDConfig))
     expected = task.evaluate(task.build_model().to(task.device))
     for metric in ("mAP", "rank1", "rank5", "mINP"):
         assert report["per_seed"]["0"]["baseline"][metric] == pytest.approx(expected[metric])

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import denoiserep as dr
-from denoiserep.classification.task import ClassificationTask
+from denoiserep.classification.step import ClassificationStep
 from denoiserep.engine.trainer import TrainConfig, fit
 from denoiserep.models.grad_checkpointing import (
     disable_grad_checkpointing,
@@ -56,7 +56,7 @@ def test_checkpointed_training_equals_plain_training(tmp_path, reentrant):
     non-reentrant checkpoint, and the re-entrant one, under which a loss scored in the first
     forward would have left the blocks' D untrained."""
     plain, checkpointed = tiny_vit(), tiny_vit()
-    task = ClassificationTask()
+    task = ClassificationStep()
     fit(plain, data(), CFG, task, tmp_path / "plain", progress=False)
     cfg = dataclasses.replace(CFG, grad_checkpointing=True)
     history = fit(checkpointed, data(), cfg, task, tmp_path / "ckpt", progress=False)
@@ -163,7 +163,7 @@ def test_a_model_without_a_switch_is_refused_before_the_baseline_trains(
     tmp_path, monkeypatch, capsys
 ):
     """The finetune arms would fail only after the baseline had trained: refused at once."""
-    from denoiserep.classification.protocol import ClassificationArms
+    from denoiserep.classification.task import ClassificationExperiment
     from denoiserep.cli import main
 
     def no_switch(self) -> nn.Module:
@@ -178,7 +178,7 @@ def test_a_model_without_a_switch_is_refused_before_the_baseline_trains(
         (no_switch, "Sequential has no submodule"),
         (refusing, "SENet refuses it"),
     ]:
-        monkeypatch.setattr(ClassificationArms, "build_model", build)
+        monkeypatch.setattr(ClassificationExperiment, "build_model", build)
         out = tmp_path / build.__name__
         argv = ["demo", "--output", str(out), *TINY_RUN, "finetune.grad_checkpointing=true"]
         assert main(argv) == 2

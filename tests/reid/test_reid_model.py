@@ -11,15 +11,9 @@ from torch import nn
 
 import denoiserep as dr
 from denoiserep.reid import evaluate_full, re_ranking
+from denoiserep.reid.features import distance_matrix, evaluate_reid, extract_features
 from denoiserep.reid.model import ReIDModel, build_reid_model, set_last_stride
-from denoiserep.reid.task import (
-    ReIDImageDataset,
-    batch_hard_triplet,
-    distance_matrix,
-    evaluate_reid,
-    extract_features,
-    random_erasing,
-)
+from denoiserep.reid.step import ReIDImageDataset, batch_hard_triplet, random_erasing
 
 # Points a=(0,0), b=(3,0) of identity 0 and c=(0,4), d=(0,1) of identity 1.
 FEATS = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [0.0, 1.0]])

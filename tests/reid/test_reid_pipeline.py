@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from denoiserep.cli import main, packaged_config
-from denoiserep.reid.task import ReIDTask
+from denoiserep.reid.step import ReIDStep
 
 TINY = str(packaged_config("reid_tiny.yaml"))
 METRICS = {"mAP", "rank1", "rank5", "rank10", "mINP"}
@@ -98,7 +98,7 @@ def test_label_free_builds_fashion_data_and_reads_no_labels(tmp_path, capsys, mo
     """The DenoiseRep arm only ever sees pid/camid -1 and never calls the task loss; the
     backbone is bit-identical to the baseline while the denoisers moved."""
     calls = {"unlabelled_batches": 0, "labelled_batches": 0}
-    to_device, loss = ReIDTask.to_device, ReIDTask.loss
+    to_device, loss = ReIDStep.to_device, ReIDStep.loss
 
     def spy_to_device(self, batch, device):
         pids, camids = batch[1], batch[2]
@@ -113,8 +113,8 @@ def test_label_free_builds_fashion_data_and_reads_no_labels(tmp_path, capsys, mo
         assert (batch[1] >= 0).all(), "task loss called on unlabelled data"
         return loss(self, output, batch)
 
-    monkeypatch.setattr(ReIDTask, "to_device", spy_to_device)
-    monkeypatch.setattr(ReIDTask, "loss", strict_loss)
+    monkeypatch.setattr(ReIDStep, "to_device", spy_to_device)
+    monkeypatch.setattr(ReIDStep, "loss", strict_loss)
     fmnist = write_fashion_idx(tmp_path / "fmnist")
     root = tmp_path / "fashion_reid"
     build = (

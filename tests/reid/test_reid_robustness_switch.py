@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import denoiserep.engine.robustness as robustness_module
-import denoiserep.reid.protocol as protocol_module
+import denoiserep.reid.task as protocol_module
+import denoiserep.robustness.evaluate as robustness_module
 from denoiserep.cli import main
-from denoiserep.engine.robustness import RobustnessConfig, summarize_robustness
+from denoiserep.robustness.evaluate import RobustnessConfig, summarize_robustness
 from tests.reid.test_reid_pipeline import METRICS, TINY, write_market
 
 ARMS = ("baseline", "control", "denoiserep")

@@ -35,6 +35,7 @@ import denoiserep as dr
 from denoiserep.engine.config import to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.runs import prepare_run_folder
+from denoiserep.tasks.contract import Task
 
 from .config import (
     DEFAULT_MODELS,
@@ -61,7 +62,6 @@ from .training import training_cost
 from .variants import build_variants, randomize_denoisers, randomize_final_feature
 
 __all__ = [  # the names this module has always offered, wherever they now live
-    "DEFAULT_CONFIG",
     "DEFAULT_MODELS",
     "LATENCY_TOLERANCE",
     "MB",
@@ -70,7 +70,6 @@ __all__ = [  # the names this module has always offered, wherever they now live
     "TRAIN_STEP_LIMIT",
     "VARIANTS",
     "BenchConfig",
-    "Config",
     "TrainBenchConfig",
     "bench_model",
     "build_variants",
@@ -83,9 +82,7 @@ __all__ = [  # the names this module has always offered, wherever they now live
     "randomize_denoisers",
     "randomize_final_feature",
     "resolve_device",
-    "run",
     "run_bench",
-    "summarize",
     "training_cost",
     "weights_with_other_strides",
 ]
@@ -176,14 +173,13 @@ def run_bench(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) 
     return report
 
 
-# -- the command-line contract (see denoiserep.cli) -----------------------------------------------
-Config = BenchConfig
-run = run_bench
-DEFAULT_CONFIG = "bench.yaml"
-
-
-def summarize(report: dict[str, Any]) -> str:
-    """The Markdown tables printed at the end of a run, and where the files are."""
-    out = Path(report["config"]["output"])
-    files = ", ".join(str(out / f) for f in ("results.json", "results.md", "bench.png"))
-    return markdown_report(report) + f"\nresults: {files}"
+TASK = Task(
+    name="bench",
+    help="inference/training cost of fused vs baseline models",
+    Config=BenchConfig,
+    run=run_bench,
+    table=markdown_report,
+    default_config="bench.yaml",
+    report_files=("results.json", "results.md", "bench.png"),
+    writer=None,  # results.md and bench.png are written by the run; `report` cannot rebuild them
+)

@@ -19,12 +19,13 @@ import numpy as np
 from scipy import stats
 
 import denoiserep as dr
-from denoiserep.engine.arms import Variant
 from denoiserep.engine.config import from_dict, to_dict
+from denoiserep.engine.experiment import Variant
 from denoiserep.engine.report import robustness_section, status_line, write_figures, write_json
 from denoiserep.engine.trainer import TrainConfig
+from denoiserep.tasks.contract import Task
 
-from .protocol import ClassifyConfig, run_arms_for
+from .task import ClassifyConfig, run_arms_for
 
 
 @dataclass
@@ -145,7 +146,7 @@ def write_reports(report: dict[str, Any], out: Path) -> None:
     report["acc1"] = ablation_table(report)
     report["robust_paired"] = robustness_comparison(report)
     write_json(report, out)
-    (out / "results.md").write_text(summarize(report))
+    (out / "results.md").write_text(ablation_markdown(report))
     if report["acc1"]:
         plot(report, out / "ablation.png")
     write_figures(report, out, "acc1")
@@ -181,7 +182,7 @@ def run(cfg: AblationConfig, overwrite: bool = False, progress: bool = True) -> 
     return report
 
 
-def summarize(report: dict[str, Any]) -> str:
+def ablation_markdown(report: dict[str, Any]) -> str:
     """Markdown: accuracy, paired difference to control, p-value, changed predictions."""
     seeds = len(report["per_seed"])
     lines = [
@@ -230,5 +231,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-Config = AblationConfig
-DEFAULT_CONFIG = "ablation_fashion.yaml"
+TASK = Task(
+    name="ablate",
+    help="classification ablation: DenoiseRep variants against one control arm",
+    Config=AblationConfig,
+    run=run,
+    table=ablation_markdown,
+    default_config="ablation_fashion.yaml",
+    report_files=("results.json", "results.md", "ablation.png"),
+    writer=write_reports,
+)

@@ -6,7 +6,7 @@ COCO box AP / AP50 / AP75 (and mask AP for Mask R-CNN) via pycocotools, in perce
 
 Training the detector needs its targets (torchvision's detectors compute their losses
 inside ``forward`` in training mode). In the label-free ``denoiser`` phase the trainer puts
-the model in eval mode (only the denoise layers train), and :class:`DetectionTask` then
+the model in eval mode (only the denoise layers train), and :class:`DetectionStep` then
 calls the detector WITHOUT targets: it runs its inference path, no label is read, and the
 denoisers learn from the noise-prediction loss of that forward.
 """
@@ -27,8 +27,18 @@ from denoiserep.engine.arms import ArmsConfig
 from denoiserep.engine.config import to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.trainer import TrainConfig
+from denoiserep.tasks.contract import Task
 
 from .coco import CocoDetection, coco_evaluate, detection_collate
+from .common import (
+    CanvasConfig,
+    DenseExperiment,
+    ensure_canvas,
+    markdown_table,
+    probe_batch,
+    run_dense,
+    write_results,
+)
 from .models import (
     DEFAULT_ANCHOR_SIZES,
     DETECTION_BACKBONE,
@@ -37,17 +47,9 @@ from .models import (
     build_detector,
     detection_features,
 )
-from .protocol import (
-    CanvasConfig,
-    DenseArms,
-    ensure_canvas,
-    probe_batch,
-    run_dense,
-    write_results,
-)
 from .visualize import draw_detections, save_grid
 
-TASK = "detect"
+TASK_NAME = "detect"
 _COCO_PATHS = ("train_images", "train_annotations", "val_images", "val_annotations")
 _STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -132,7 +134,7 @@ def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, di
     return image.flip(-1), target
 
 
-class DetectionTask:
+class DetectionStep:
     """Trainer task for torchvision detectors on (list of images, list of targets) batches."""
 
     def __init__(self, flip: bool = True) -> None:
@@ -257,10 +259,10 @@ def run_detection(
             **m.kwargs,
         )
 
-    task = DenseArms(
+    experiment = DenseExperiment(
         build_model=build,
         train_set=train_set,
-        trainer_task=DetectionTask(cfg.data.flip),
+        train_step=DetectionStep(cfg.data.flip),
         test_set=val_set,
         evaluate_on=lambda model, dataset, n: evaluate_detection(
             model, dataset, cfg.data.eval_batch_size, max_images=n
@@ -271,13 +273,13 @@ def run_detection(
         device=device,
         collate_fn=detection_collate,
     )
-    header = {"task": TASK, "config": to_dict(cfg)}
-    report = run_dense(cfg, task, header, write_reports, overwrite, progress)
+    header = {"task": TASK_NAME, "config": to_dict(cfg)}
+    report = run_dense(cfg, experiment, header, write_reports, overwrite, progress)
     if dist.is_main():
         out = Path(cfg.output)
         shown = list(range(min(cfg.data.figure_images, len(val_set))))
         rows = {"ground truth": [val_set[i][1] for i in shown]}
-        rows.update({arm: predict(m, val_set, shown) for arm, m in task.first_models.items()})
+        rows.update({arm: predict(m, val_set, shown) for arm, m in experiment.first_models.items()})
         images = [val_set[i][0] for i in shown]
         names = train_set.category_map.names
         thr = cfg.data.figure_score_threshold
@@ -292,23 +294,23 @@ def run_detection(
     return report
 
 
-# -- the command-line contract (see denoiserep.cli) ------------------------------------------
-Config = DetectConfig
-run = run_detection
-DEFAULT_CONFIG = "detect_canvas.yaml"
-
-
 def write_reports(report: dict[str, Any], out: Path) -> None:
     """results.json and results.md (predictions.png is drawn at the end of a run)."""
     write_results(report, out, metric_columns(report["config"]["model"]["arch"]))
 
 
-def summarize(report: dict[str, Any]) -> str:
-    """The Markdown table printed at the end of a run, and where the files are."""
-    from .protocol import markdown_table
+def detection_table(report: dict[str, Any]) -> str:
+    """The Markdown table of a detection report."""
+    return markdown_table(report, metric_columns(report["config"]["model"]["arch"]))
 
-    out = Path(report["config"]["output"])
-    files = ", ".join(str(out / f) for f in ("results.json", "results.md", "predictions.png"))
-    return markdown_table(report, metric_columns(report["config"]["model"]["arch"])) + (
-        f"\nresults: {files}"
-    )
+
+TASK = Task(
+    name=TASK_NAME,
+    help="detection (Faster/Mask R-CNN) with DenoiseRep",
+    Config=DetectConfig,
+    run=run_detection,
+    table=detection_table,
+    default_config="detect_canvas.yaml",
+    report_files=("results.json", "results.md", "predictions.png"),
+    writer=write_reports,
+)

@@ -25,23 +25,25 @@ from denoiserep.engine.arms import ArmsConfig
 from denoiserep.engine.config import to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.trainer import TrainConfig
+from denoiserep.tasks.contract import Task
 
 from .ade20k import IGNORE_INDEX, ADE20KSegmentation, JointRandomTransform
 from .coco import detection_collate
-from .metrics import SegmentationMetric
-from .models import SEGMENTATION_BACKBONE, SEGMENTERS, build_segmenter
-from .protocol import (
+from .common import (
     CanvasConfig,
-    DenseArms,
+    DenseExperiment,
     ensure_canvas,
+    markdown_table,
     probe_batch,
     run_dense,
     write_results,
 )
+from .metrics import SegmentationMetric
+from .models import SEGMENTATION_BACKBONE, SEGMENTERS, build_segmenter
 from .visualize import draw_label_map, save_grid
 
 COLUMNS = {"mIoU": "mIoU", "aAcc": "aAcc", "mAcc": "mAcc", "B-IoU": "B-IoU"}
-TASK = "segment"
+TASK_NAME = "segment"
 
 
 @dataclass
@@ -109,7 +111,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - mean[:, None, None]) / std[:, None, None]
 
 
-class SegmentationTask:
+class SegmentationStep:
     """Trainer task on (list of images, list of label maps) batches: random scale, crop to
     ``crop_size`` and flip per image, then cross-entropy (+ the auxiliary head's)."""
 
@@ -216,7 +218,7 @@ def run_segmentation(
     device = resolve_device(cfg.device)
     train_set, val_set, crop = build_datasets(cfg.data)
     m = cfg.model
-    task = DenseArms(
+    experiment = DenseExperiment(
         build_model=lambda: build_segmenter(
             m.name,
             train_set.num_classes,
@@ -227,7 +229,7 @@ def run_segmentation(
             **m.kwargs,
         ),
         train_set=train_set,
-        trainer_task=SegmentationTask(crop, cfg.data.scale_range, cfg.data.flip, m.aux_weight),
+        train_step=SegmentationStep(crop, cfg.data.scale_range, cfg.data.flip, m.aux_weight),
         test_set=val_set,
         evaluate_on=lambda model, dataset, n: evaluate_segmentation(
             model, dataset, cfg.data.eval_batch_size, cfg.data.boundary_dilation_ratio, n
@@ -238,14 +240,15 @@ def run_segmentation(
         device=device,
         collate_fn=detection_collate,
     )
-    header = {"task": TASK, "config": to_dict(cfg)}
-    report = run_dense(cfg, task, header, write_reports, overwrite, progress)
+    header = {"task": TASK_NAME, "config": to_dict(cfg)}
+    report = run_dense(cfg, experiment, header, write_reports, overwrite, progress)
     if dist.is_main():
         out = Path(cfg.output)
         shown = [val_set[i] for i in range(min(cfg.data.figure_images, len(val_set)))]
         images, targets = [im for im, _ in shown], [t for _, t in shown]
         rows = {"ground truth": targets}
-        for arm, model in task.first_models.items():  # only labelled pixels are trained/scored
+        # only labelled pixels are trained and scored
+        for arm, model in experiment.first_models.items():
             labels = zip(predict(model, images), targets, strict=True)
             rows[arm] = [torch.where(t == IGNORE_INDEX, t, p) for p, t in labels]
         k = val_set.num_classes
@@ -260,21 +263,23 @@ def run_segmentation(
     return report
 
 
-# -- the command-line contract (see denoiserep.cli) ------------------------------------------
-Config = SegmentConfig
-run = run_segmentation
-DEFAULT_CONFIG = "segment_canvas.yaml"
-
-
 def write_reports(report: dict[str, Any], out: Path) -> None:
     """results.json and results.md (predictions.png is drawn at the end of a run)."""
     write_results(report, out, COLUMNS)
 
 
-def summarize(report: dict[str, Any]) -> str:
-    """The Markdown table printed at the end of a run, and where the files are."""
-    from .protocol import markdown_table
+def segmentation_table(report: dict[str, Any]) -> str:
+    """The Markdown table of a segmentation report."""
+    return markdown_table(report, COLUMNS)
 
-    out = Path(report["config"]["output"])
-    files = ", ".join(str(out / f) for f in ("results.json", "results.md", "predictions.png"))
-    return markdown_table(report, COLUMNS) + f"\nresults: {files}"
+
+TASK = Task(
+    name=TASK_NAME,
+    help="segmentation (FCN, DeepLabV3, LR-ASPP, SegFormer) with DenoiseRep",
+    Config=SegmentConfig,
+    run=run_segmentation,
+    table=segmentation_table,
+    default_config="segment_canvas.yaml",
+    report_files=("results.json", "results.md", "predictions.png"),
+    writer=write_reports,
+)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import inspect
 import re
 from dataclasses import dataclass
@@ -67,14 +66,16 @@ def parser_options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
 
 def command_help(name: str) -> str:
     """The one-line help of a command, as ``denoiserep --help`` lists it."""
-    from denoiserep.cli import COMMANDS, FOLDER_COMMANDS
+    from denoiserep.cli import FOLDER_COMMANDS
+    from denoiserep.tasks.registry import task_info, task_names
 
-    return COMMANDS[name][1] if name in COMMANDS else FOLDER_COMMANDS[name]
+    return task_info(name).help if name in task_names() else FOLDER_COMMANDS[name]
 
 
 def cli_reference() -> str:
     """Markdown: every command, what it runs without ``--config``, and its options."""
-    from denoiserep.cli import DEFAULT_CONFIGS, DEMO_CONFIG, build_parser
+    from denoiserep.cli import build_parser
+    from denoiserep.tasks.registry import task_info, task_names
 
     parser = build_parser()
     out = [
@@ -91,11 +92,13 @@ def cli_reference() -> str:
     out += [f"| `{f}` | {_cell(h)} |" for f, h in parser_options(parser)]
     for name, sub in subcommands(parser).items():
         out += ["", f"## `denoiserep {name}`", "", command_help(name) + ".", ""]
-        if name == "demo":
-            out += [f"Always runs the packaged `{DEMO_CONFIG}`; it takes no `--config`.", ""]
-        elif name in DEFAULT_CONFIGS:
+        info = task_info(name) if name in task_names() else None
+        if info is not None and info.fixed_config:
+            out += [f"Always runs the packaged `{info.default_config}`; it takes no `--config`."]
+            out += [""]
+        elif info is not None and info.default_config:
             out += [
-                f"Without `--config` it runs the packaged `{DEFAULT_CONFIGS[name]}` "
+                f"Without `--config` it runs the packaged `{info.default_config}` "
                 "(see the [configuration reference](config.md)).",
                 "",
             ]
@@ -209,14 +212,9 @@ def config_keys(cls: type, prefix: str = "", default: Any = None) -> list[Key]:
 
 def task_configs() -> dict[str, tuple[type, str | None]]:
     """Config class and packaged default config file of every command that runs a config."""
-    from denoiserep.cli import COMMANDS, DEMO_CONFIG
+    from denoiserep.tasks.registry import get_task, task_info, task_names
 
-    out = {}
-    for name, (module_name, _) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        default = DEMO_CONFIG if name == "demo" else getattr(module, "DEFAULT_CONFIG", None)
-        out[name] = (module.Config, default)
-    return out
+    return {name: (get_task(name).Config, task_info(name).default_config) for name in task_names()}
 
 
 def _lookup(data: Any, path: str) -> Any:

@@ -47,29 +47,29 @@ MEANINGS: dict[str, str] = {
     "ClassifyConfig.data": "the dataset",
     "ClassifyConfig.model": "the model and its weights",
     "ClassifyConfig.label_smoothing": "label smoothing of the cross-entropy loss",
-    "denoiserep.classification.protocol.DataConfig.name": (
+    "denoiserep.classification.task.DataConfig.name": (
         "dataset reader: `digits`, `fashion_mnist`, `cifar10`, `cifar100`, `imagefolder`, "
         "`cub200`, `oxford_pet`, `flowers102`"
     ),
-    "denoiserep.classification.protocol.DataConfig.root": (
+    "denoiserep.classification.task.DataConfig.root": (
         "dataset folder (None: the reader's default location)"
     ),
-    "denoiserep.classification.protocol.DataConfig.options": (
+    "denoiserep.classification.task.DataConfig.options": (
         "keyword options of the reader (each reader's options: the table below); "
         "`subset` (keep some classes) only for the in-memory readers"
     ),
-    "denoiserep.classification.protocol.DataConfig.pad": (
+    "denoiserep.classification.task.DataConfig.pad": (
         "in-memory datasets: random translation by up to this many pixels"
     ),
-    "denoiserep.classification.protocol.DataConfig.flip": (
+    "denoiserep.classification.task.DataConfig.flip": (
         "in-memory datasets: random horizontal flips"
     ),
-    "denoiserep.classification.protocol.DataConfig.eval_batch_size": "evaluation batch size",
-    "denoiserep.classification.protocol.ModelConfig.name": (
+    "denoiserep.classification.task.DataConfig.eval_batch_size": "evaluation batch size",
+    "denoiserep.classification.task.ModelConfig.name": (
         "timm model name, `tv:<name>` (torchvision), `hf:<hub id or folder>` (Hugging Face) "
         "or `vmamba_micro` / `_tiny` / `_small` / `_base`"
     ),
-    "denoiserep.classification.protocol.ModelConfig.kwargs": (
+    "denoiserep.classification.task.ModelConfig.kwargs": (
         "keyword overrides passed to the model's constructor (e.g. `img_size`, `drop_path_rate`)"
     ),
     # ablate
@@ -80,21 +80,21 @@ MEANINGS: dict[str, str] = {
     ),
     "SourceConfig.root": "dataset folder",
     "SourceConfig.options": "keyword options of the reader",
-    "denoiserep.reid.protocol.DataConfig.merge_with": (
+    "denoiserep.reid.task.DataConfig.merge_with": (
         "further datasets (`name`, `root`, `options`) whose training images the `merged` "
         "protocol adds to the denoisers' label-free data"
     ),
-    "denoiserep.reid.protocol.DataConfig.preload": "decode all images into memory first",
-    "denoiserep.reid.protocol.DataConfig.num_instances": "K of the P x K batches",
-    "denoiserep.reid.protocol.ModelConfig.name": "backbone: timm name or `tv:<name>`",
-    "denoiserep.reid.protocol.ModelConfig.kwargs": "keyword overrides passed to the backbone",
-    "denoiserep.reid.protocol.DataConfig.flip": "random horizontal flips in training",
+    "denoiserep.reid.task.DataConfig.preload": "decode all images into memory first",
+    "denoiserep.reid.task.DataConfig.num_instances": "K of the P x K batches",
+    "denoiserep.reid.task.ModelConfig.name": "backbone: timm name or `tv:<name>`",
+    "denoiserep.reid.task.ModelConfig.kwargs": "keyword overrides passed to the backbone",
+    "denoiserep.reid.task.DataConfig.flip": "random horizontal flips in training",
     "LossConfig.label_smoothing": "label smoothing of the identity loss",
     "LossConfig.triplet_margin": "batch-hard triplet margin (None: soft margin)",
-    "denoiserep.reid.protocol.ModelConfig.last_stride": (
+    "denoiserep.reid.task.ModelConfig.last_stride": (
         "set the last stage's stride (1: the BoT trick for ResNets; None: as built)"
     ),
-    "denoiserep.reid.protocol.ModelConfig.neck_feat": (
+    "denoiserep.reid.task.ModelConfig.neck_feat": (
         "feature used for retrieval: `after` or `before` the BNNeck"
     ),
     "LossConfig.id_weight": "weight of the identity loss",

@@ -3,16 +3,18 @@
 Per seed: build (and train, or load) a baseline; CONTROL fine-tunes a copy for the same epochs,
 optimizer, data order and augmentation without DenoiseRep; each DenoiseRep VARIANT converts a
 copy, fine-tunes it under its phase schedule, fuses it and is evaluated as the plain fused model.
-A task (classification, re-ID, detection, segmentation) plugs in through :class:`ArmsTask`:
-data, model, trainer task, evaluation. Results are written after every arm (``partial`` until
-the run ends), so an interrupted run keeps what it finished; rerunning resumes each arm from
-its checkpoints.
+A task (classification, re-ID, detection, segmentation) plugs in through an
+:class:`~denoiserep.engine.experiment.Experiment` (data, model, train step, evaluation) and a
+:class:`~denoiserep.engine.experiment.RunPlan`. Results are written after every arm
+(``partial`` until the run ends), so an interrupted run keeps what it finished; rerunning
+resumes each arm from its checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,29 +23,29 @@ from typing import Any
 import torch
 from safetensors.torch import save_model
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 import denoiserep as dr
-from denoiserep.bench.latency import measure_latency
 from denoiserep.core.config import DenoiseConfig
 from denoiserep.core.convert import select_targets
 from denoiserep.core.diagnostics import (
     change_from_baseline,
     denoising_strength,
     fused_vs_unfused,
-    tensor_outputs,
 )
-from denoiserep.core.io import load_state_checked
 from denoiserep.core.spectrum import denoiser_spectrum
-from denoiserep.data.corruptions import CORRUPTIONS, CorruptedDataset
+from denoiserep.engine.latency import measure_latency
 from denoiserep.models.factory import num_parameters
 from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
+from denoiserep.robustness.corruptions import CorruptedDataset
+from denoiserep.robustness.evaluate import RobustnessConfig, evaluate_robustness
+from denoiserep.robustness.summary import summarize_robustness
+from denoiserep.util.state_dict import load_state_checked
 
 from . import dist
 from .config import check_arms_trained, check_eval_batch, check_seeds, check_training_plan, to_dict
+from .experiment import Experiment, RunPlan, Variant
 from .report import aggregate_seeds
-from .robustness import RobustnessConfig, evaluate_robustness
-from .robustness_summary import summarize_robustness
 from .runs import open_run_folder
 from .trainer import TrainConfig, fit, plain_forward
 
@@ -83,113 +85,41 @@ class ArmsConfig:
             raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
 
 
-@dataclass
-class Variant:
-    """One DenoiseRep arm: its name, DenoiseRep config and fine-tuning schedule.
-
-    ``train_corruption`` (``{name: gaussian_noise, severity: 3}``): the arm trains on training
-    images carrying that ImageNet-C corruption (e.g. denoisers learning label-free from noisy
-    inputs); evaluation data is unchanged.
-    """
-
-    name: str
-    denoise: DenoiseConfig
-    finetune: TrainConfig
-    train_corruption: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.train_corruption is not None:
-            c = self.train_corruption
-            if set(c) - {"name", "severity"} or c.get("name") not in CORRUPTIONS:
-                raise ValueError(
-                    f"variant {self.name}: train_corruption needs name (one of "
-                    f"{', '.join(CORRUPTIONS)}) and severity (1-5), got {c}"
-                )
-            if int(c.get("severity", 3)) not in range(1, 6):
-                raise ValueError(f"variant {self.name}: severity must be 1-5, got {c}")
-
-
-class ArmsTask:
-    """What a task brings to :func:`start_run`. Subclasses set the attributes in ``__init__``.
-
-    ``probe`` is a small batch the model accepts (``model(probe)``, or ``model(**probe)`` for
-    a dict): it orders the layers for ``dr.convert`` (``convert_input``, default ``probe``),
-    checks fused against unfused outputs and measures latency.
-    """
-
-    train_set: Dataset
-    trainer_task: Any
-    probe: Any
-    device: torch.device
-    image_stats: tuple[Any, Any] | None = None  # (mean, std) the images are normalised with
-    robustness_metric: str = ""  # the metric robustness summaries compare (e.g. "acc1")
-    collate_fn: Callable[[list], Any] | None = None  # how train_set items batch (None: default)
-
-    @property
-    def convert_input(self) -> Any:
-        return self.probe
-
-    def build_model(self) -> nn.Module:
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        """The task's metrics (floats; lists such as a CMC curve are kept apart as curves)."""
-        raise NotImplementedError
-
-    def features(self, model: nn.Module, probe: Any) -> list[torch.Tensor]:
-        """Outputs compared by the fusion check (default: the model's tensor outputs)."""
-        return tensor_outputs(model, probe)
-
-    def fit_options(self, arm: str, train: TrainConfig, seed: int) -> dict[str, Any]:
-        """Keyword arguments of :func:`~denoiserep.engine.trainer.fit` for one arm: e.g.
-        ``dataset`` (default ``train_set``), ``sampler``, ``collate_fn``, ``eval_fn``."""
-        return {}
-
-    def compare_to_baseline(self, model: nn.Module, baseline: nn.Module) -> dict[str, float]:
-        """Extra metrics of an arm against its baseline (e.g. changed predictions)."""
-        return {}
-
-    def arm_done(self, seed: int, arm: str, model: nn.Module) -> None:
-        """Called with each evaluated model (the fused one for DenoiseRep arms)."""
-
-    def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
-        """Metrics under a robustness condition (see ``engine.robustness.Condition``)."""
-        raise ValueError(f"{type(self).__name__}: robustness evaluation is not available")
-
-
 def load_baseline_weights(model: nn.Module, path: str) -> None:
     """Load an earlier run's baseline (safetensors or torch file) with a one-line error."""
     load_state_checked(model, path)
 
 
 def start_run(
-    cfg: ArmsConfig,
-    task: ArmsTask,
-    run_config: Any,
-    header: dict[str, Any],
-    write: Callable[[dict[str, Any], Path], None],
-    overwrite: bool = False,
-    progress: bool = True,
-    variants: list[Variant] | None = None,
-    has_weights: bool = False,
+    experiment: Experiment, plan: RunPlan, *, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Check the plan, open the output folder, run the arms; return the final report.
 
-    Call it once the task's data and model were built (bad input fails before any folder
-    exists). The folder is claimed at the first checkpoint (or an untrained baseline's save);
-    a failure before leaves it as it was, and puts back byte for byte what --overwrite replaced.
+    Call it once the experiment's data and model were built (bad input fails before any
+    folder exists). The folder is claimed at the first checkpoint (or an untrained baseline's
+    save); a failure before leaves it as it was, and puts back byte for byte what
+    ``overwrite`` replaced.
     """
-    has_weights = has_weights or bool(cfg.baseline_weights)
+    cfg, variants = plan.arms, plan.variants
+    has_weights = plan.has_weights or bool(cfg.baseline_weights)
     schedules = [v.finetune for v in variants] if variants is not None else [cfg.finetune]
     denoising = variants is not None or "denoiserep" in cfg.arms
     for finetune in schedules:
         check_training_plan(cfg.baseline, finetune, has_weights, denoiserep_arm=denoising)
     named = {v.name: v.finetune for v in variants} if variants is not None else {}
     check_arms_trained(cfg.arms, cfg.finetune, named)
-    run = open_run_folder(run_config.output, to_dict(run_config), overwrite, type(run_config))
+    config = plan.config
+    run = open_run_folder(config.output, to_dict(config), overwrite, type(config))
     out = run.path
     runner = ArmRunner(
-        cfg, task, out, lambda r: write(r, out), header, variants, progress, run.started
+        cfg,
+        experiment,
+        out,
+        lambda r: plan.write(r, out),
+        plan.header,
+        variants,
+        progress,
+        run.started,
     )
     try:
         return runner.run()
@@ -199,12 +129,12 @@ def start_run(
 
 
 class ArmRunner:
-    """Runs the arms of ``cfg`` for ``task`` and keeps the report up to date on disk."""
+    """Runs the arms of ``cfg`` for ``experiment`` and keeps the report up to date on disk."""
 
     def __init__(
         self,
         cfg: ArmsConfig,
-        task: ArmsTask,
+        experiment: Experiment,
         out: Path,
         write: Callable[[dict[str, Any]], None],
         header: dict[str, Any] | None = None,
@@ -212,7 +142,8 @@ class ArmRunner:
         progress: bool = True,
         on_start: Callable[[], None] | None = None,
     ) -> None:
-        self.cfg, self.task, self.out, self.progress = cfg, task, out, progress
+        self.cfg, self.experiment, self.out = cfg, experiment, out
+        self.progress = progress
         self.on_start = on_start or (lambda: None)
         self.write = write if dist.is_main() else (lambda report: None)
         self.header = dict(header or {})
@@ -232,17 +163,20 @@ class ArmRunner:
     def _fit(
         self, model: nn.Module, train: TrainConfig, seed: int, arm: str, corruption: Any = None
     ) -> list:
-        options = {"dataset": self.task.train_set, **self.task.fit_options(arm, train, seed)}
+        options = {
+            "dataset": self.experiment.train_set,
+            **self.experiment.fit_options(arm, train, seed),
+        }
         dataset = options.pop("dataset")
         if corruption:
             severity = int(corruption.get("severity", 3))
-            stats = self.task.image_stats
+            stats = self.experiment.image_stats
             dataset = CorruptedDataset(dataset, corruption["name"], severity, seed, stats)
         return fit(
             model,
             dataset,
             train,
-            self.task.trainer_task,
+            self.experiment.train_step,
             self.out / f"seed{seed}" / arm,
             seed,
             tag=f"seed {seed} {arm}",
@@ -258,10 +192,10 @@ class ArmRunner:
 
     def baseline(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = self.task.build_model()
+        model = self.experiment.build_model()
         if self.cfg.finetune.grad_checkpointing:  # refused now, not after the baseline trained
             enable_grad_checkpointing(copy.deepcopy(model))
-        model = model.to(self.task.device)
+        model = model.to(self.experiment.device)
         if self.cfg.baseline_weights:
             load_baseline_weights(model, self.cfg.baseline_weights)
         if self.cfg.baseline.epochs > 0:  # its first checkpoint claims the run folder
@@ -282,12 +216,12 @@ class ArmRunner:
     def denoiserep(self, baseline: nn.Module, seed: int, v: Variant) -> tuple[nn.Module, ...]:
         """Convert a copy of the baseline, fine-tune it, fuse it: (converted, fused)."""
         model = dr.convert(
-            copy.deepcopy(baseline), v.denoise, example_input=self.task.convert_input
+            copy.deepcopy(baseline), v.denoise, example_input=self.experiment.convert_input
         )
         self.histories[str(seed)][v.name] = self._fit(
             model, v.finetune, seed, v.name, v.train_corruption
         )
-        fused = dr.fuse(model).to(self.task.device)
+        fused = dr.fuse(model).to(self.experiment.device)
         self._save(fused, seed, v.name, "fused.safetensors")
         return model, fused
 
@@ -297,7 +231,7 @@ class ArmRunner:
         strength = denoising_strength(converted)
         return {
             "max_abs_diff_fused_unfused": fused_vs_unfused(
-                converted, fused, self.task.probe, self.task.features
+                converted, fused, self.experiment.probe, self.experiment.features
             ),
             "max_abs_change_from_baseline": change_from_baseline(converted, baseline),
             "mean_strength": sum(r["strength"] for r in strength) / max(1, len(strength)),
@@ -307,10 +241,10 @@ class ArmRunner:
         """Parameters, latency and per-layer strength, from the first DenoiseRep arm."""
         latency = measure_latency(
             {"baseline": baseline, "fused": fused},
-            self.task.probe,
+            self.experiment.probe,
             repeats=self.cfg.latency_repeats,
         )
-        probe = self.task.probe
+        probe = self.experiment.probe
         batch = next(iter(probe.values())) if isinstance(probe, dict) else probe
         self.extras.update(
             denoised_layers=len(dr.denoise_layers(converted)),
@@ -331,10 +265,10 @@ class ArmRunner:
             return {}
         if self.noise_layers is None:  # the run's target layers, the same for every arm
             plain = dr.unwrap(model)
-            targets = select_targets(plain, self.cfg.denoise, self.task.convert_input)
+            targets = select_targets(plain, self.cfg.denoise, self.experiment.convert_input)
             self.noise_layers = list(targets)
         per_arm = self.robustness.setdefault(str(seed), {})
-        task = self.task
+        task = self.experiment  # its data, evaluation and train step
         # static quantization ranges come from the first training images, unaugmented
         first = Subset(task.train_set, range(min(cfg.calibration_images, len(task.train_set))))
         calibration = DataLoader(first, self.cfg.finetune.batch_size, collate_fn=task.collate_fn)
@@ -344,9 +278,9 @@ class ArmRunner:
             cfg,
             self.noise_layers,
             calibration=calibration,
-            forward=plain_forward(task.trainer_task, task.device),
+            forward=plain_forward(task.train_step, task.device),
         )
-        row = summarize_robustness(per_arm, self.task.robustness_metric)["arms"][arm]
+        row = summarize_robustness(per_arm, self.experiment.robustness_metric)["arms"][arm]
         scalars = {"mCA": row["mCA"], "mFA": row["mFA"]}
         if row["mCE"] is not None:
             scalars["mCE"] = row["mCE"]
@@ -359,7 +293,7 @@ class ArmRunner:
         """Eigenvalues of k_t D and the input variance each step removes (first seed)."""
         if name in self.spectrum:
             return
-        data = self.task.probe
+        data = self.experiment.probe
         forward = (lambda m, x: m(**x)) if isinstance(data, dict) else None
         self.spectrum[name] = denoiser_spectrum(converted, data, forward=forward)
 
@@ -371,14 +305,14 @@ class ArmRunner:
         self.per_seed.setdefault(str(seed), {})[arm] = scalars
         if curves:
             self.curves.setdefault(str(seed), {})[arm] = curves
-        self.task.arm_done(seed, arm, model)
+        self.experiment.arm_done(seed, arm, model)
         self.write(self.report(partial=True))
 
     def report(self, partial: bool) -> dict[str, Any]:
         return {
             **self.header,
             "partial": partial,
-            "device": str(self.task.device),
+            "device": str(self.experiment.device),
             "arms": ["baseline"]
             + (["control"] if "control" in self.cfg.arms else [])
             + [v.name for v in self.variants],
@@ -396,20 +330,20 @@ class ArmRunner:
         for seed in self.cfg.seeds:
             self.histories[str(seed)] = {}
             baseline = self.baseline(seed)
-            metrics = self.task.evaluate(baseline)
+            metrics = self.experiment.evaluate(baseline)
             metrics.update(self._robustness(seed, "baseline", baseline))
             self.record(seed, "baseline", metrics, baseline)
             if "control" in self.cfg.arms:
                 control = self.control(baseline, seed)
-                metrics = self.task.evaluate(control)
-                metrics.update(self.task.compare_to_baseline(control, baseline))
+                metrics = self.experiment.evaluate(control)
+                metrics.update(self.experiment.compare_to_baseline(control, baseline))
                 metrics.update(self._robustness(seed, "control", control))
                 self.record(seed, "control", metrics, control)
             for v in self.variants:
                 converted, fused = self.denoiserep(baseline, seed, v)
-                metrics = self.task.evaluate(fused)
+                metrics = self.experiment.evaluate(fused)
                 metrics.update(self._fusion_results(converted, fused, baseline))
-                metrics.update(self.task.compare_to_baseline(fused, baseline))
+                metrics.update(self.experiment.compare_to_baseline(fused, baseline))
                 metrics.update(self._robustness(seed, v.name, fused))
                 if "params_fused" not in self.extras:
                     self._cost(baseline, converted, fused)
@@ -418,3 +352,16 @@ class ArmRunner:
         final = self.report(partial=False)
         self.write(final)
         return final
+
+
+def __getattr__(name: str) -> Any:
+    """``ArmsTask``: the former name of :class:`~denoiserep.engine.experiment.Experiment`."""
+    if name == "ArmsTask":
+        warnings.warn(
+            "denoiserep.engine.arms.ArmsTask is deprecated: use "
+            "denoiserep.engine.experiment.Experiment",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Experiment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,29 +1,21 @@
-"""``denoiserep report RUN_DIR``: rebuild a run's tables and plots from its ``results.json``.
+"""Read a run folder's ``results.json`` back, for ``denoiserep report RUN_DIR``.
 
-Every pipeline rewrites ``results.json`` after each finished arm, so this works on a run that
-is still going, was interrupted, or finished; figures that need the trained models (the dense
-tasks' ``predictions.png``) are drawn only by the run itself.
+Every run rewrites ``results.json`` after each finished arm, so this works on a run that is
+still going, was interrupted, or finished. Which task rewrites the tables and plots is the
+task registry's business (:func:`denoiserep.tasks.rebuild.rebuild_report`); this module
+knows run folders only.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
-# the ``task`` key of results.json -> the module whose ``write_reports(report, out)`` draws it
-WRITERS = {
-    "classify": "denoiserep.classification.protocol",
-    "ablate": "denoiserep.classification.ablation",
-    "reid": "denoiserep.reid.protocol",
-    "detect": "denoiserep.dense.detection",
-    "segment": "denoiserep.dense.segmentation",
-}
 
-
-def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
-    """Re-write results.md and the plots of ``run_dir``; return its report."""
+def read_report(run_dir: str | Path) -> dict[str, Any]:
+    """The report in ``run_dir/results.json``; a missing, malformed or foreign file is one line
+    saying what to do."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
@@ -40,22 +32,13 @@ def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(report, dict):
         raise ValueError(f"{path} holds no report (a JSON {type(report).__name__})")
-    task = report.get("task")
-    if task not in WRITERS:
-        raise ValueError(
-            f"{path} names no known task ({task!r}); reports can be rebuilt for: "
-            f"{', '.join(WRITERS)}"
-        )
+    return report
+
+
+def check_summary(report: dict[str, Any], path: Path) -> None:
+    """Refuse a report without the ``summary`` every finished arm writes."""
     if not isinstance(report.get("summary"), dict):
         raise ValueError(
             f"{path} has no 'summary' (not a finished arm's report: edited, or from another "
             "tool); rerun the command that made the run to rewrite it"
         )
-    try:
-        importlib.import_module(WRITERS[task]).write_reports(report, run_dir)
-    except KeyError as e:
-        raise ValueError(
-            f"{path} lacks {e} that its {task} report needs; rerun the command that made "
-            "the run to rewrite it"
-        ) from None
-    return report

@@ -1,5 +1,6 @@
 """Person / vehicle re-identification: metrics, re-ranking, dataset readers, sampler,
-the BoT model, the training task and the ``denoiserep reid`` protocol (``.protocol``)."""
+the BoT model, the train step (``.step``), evaluation (``.features``) and the
+``denoiserep reid`` task (``.task``)."""
 
 from denoiserep.reid.datasets import (
     ReIDDataset,
@@ -13,19 +14,13 @@ from denoiserep.reid.datasets import (
     read_veri,
     vehicleid_split,
 )
+from denoiserep.reid.features import evaluate_reid, extract_features
 from denoiserep.reid.metrics import evaluate, evaluate_full
 from denoiserep.reid.model import ReIDModel, build_reid_model, set_last_stride
 from denoiserep.reid.rerank import re_ranking
 from denoiserep.reid.sampler import RandomIdentitySampler
+from denoiserep.reid.step import ReIDImageDataset, ReIDStep, batch_hard_triplet, random_erasing
 from denoiserep.reid.synth import build_fashion_reid
-from denoiserep.reid.task import (
-    ReIDImageDataset,
-    ReIDTask,
-    batch_hard_triplet,
-    evaluate_reid,
-    extract_features,
-    random_erasing,
-)
 
 __all__ = [
     "RandomIdentitySampler",
@@ -47,7 +42,7 @@ __all__ = [
     "build_reid_model",
     "set_last_stride",
     "ReIDImageDataset",
-    "ReIDTask",
+    "ReIDStep",
     "batch_hard_triplet",
     "evaluate_reid",
     "extract_features",

@@ -14,14 +14,19 @@ Market-1501 layout and naming (`bounding_box_train`, `query`, `bounding_box_test
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from denoiserep.data.constants import FASHION_MNIST_ROOT
 from denoiserep.data.idx import read_idx
+from denoiserep.engine import dist
+
+from .datasets import ReIDDataset, build_reid_dataset
 
 FASHION_MNIST_DIR = FASHION_MNIST_ROOT  # Debian package dataset-fashion-mnist
 
@@ -162,3 +167,24 @@ def build_fashion_reid(
     for source in picked[num_test_ids:]:
         save("bounding_box_test", source, 0, int(rng.integers(1, cameras + 1)), 0)
     return out_root
+
+
+def load_source(src: Any) -> ReIDDataset:
+    """Read the dataset of ``src`` (a ``SourceConfig``: name, root, options,
+    build_fashion), first writing the Fashion-MNIST benchmark to its root if configured.
+
+    The benchmark is written by rank 0 into a temporary sibling folder that is renamed to
+    ``root`` when complete, so an interrupted build never leaves a partial dataset.
+    """
+    root = Path(src.root)
+    if src.build_fashion is not None and not root.exists():
+        if dist.is_main():
+            tmp = root.with_name(root.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                build_fashion_reid(tmp, **src.build_fashion)
+            except TypeError as e:
+                raise ValueError(f"build_fashion for {root}: {e}") from None
+            tmp.rename(root)
+        dist.barrier()
+    return build_reid_dataset(src.name, root, **src.options)

@@ -1,261 +1,380 @@
-"""Re-identification as a trainer task: data, augmentation, losses, feature extraction, metrics.
+"""The paper's re-identification protocols with a control arm.
 
-Training (BoT recipe): cross-entropy with label smoothing on the classifier scores plus a
-batch-hard triplet loss on the pre-BNNeck feature; augmentations are applied batch-wise
-from the trainer's ``generator`` (pad-and-crop, horizontal flip, random erasing), so two
-arms with the same seed see identical augmentations.
+Per seed: 1. train (or load) a BoT baseline on the target dataset (P x K batches, CE with
+label smoothing + batch-hard triplet loss); 2. CONTROL: fine-tune a copy for the
+fine-tuning epochs with the same optimizer, data order and augmentation, without
+DenoiseRep; 3. DenoiseRep: convert a copy, train it under ``protocol``, fuse it and
+evaluate the plain fused model. Protocols (DenoiseRep arm):
 
-Evaluation: query and gallery features (optionally averaged with those of the flipped
-images, then L2-normalised) are extracted in equal, padded chunks per rank and gathered
-with ``all_gather_cat``; every rank then holds all features and computes the same metrics.
+* ``label_free``: phase ``denoiser`` only, on the target training images with every pid
+  and camid replaced by -1 (no label can be read; batches come from a plain shuffle).
+* ``label_augmented``: a labelled schedule (``alternating``, ``joint`` or ``backbone``, after
+  optional label-free epochs) on P x K batches of the target training set.
+* ``merged``: phase ``denoiser`` only, on the unlabelled union of the training images of
+  the target and ``data.merge_with`` datasets (``merge_datasets``).
+
+Under ``label_free`` and ``merged`` the backbone is frozen, so DenoiseRep's reference is
+the baseline; the control arm shows what the same number of labelled epochs give.
+Metrics (mAP, Rank-1/5/10, mINP) are reported as mean and std over seeds.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import transforms
 
-from denoiserep.data.augment import BatchRows, pad_crop_flip, random_erasing
-from denoiserep.data.images import load_image
+import denoiserep as dr
+from denoiserep.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from denoiserep.engine import dist
+from denoiserep.engine.arms import ArmsConfig, start_run
+from denoiserep.engine.config import from_dict, to_dict
+from denoiserep.engine.dist import resolve_device
+from denoiserep.engine.experiment import Experiment, RunPlan
+from denoiserep.engine.trainer import TrainConfig
+from denoiserep.models import preprocessing
+from denoiserep.models.weights import check_remap
+from denoiserep.tasks.contract import Task
 
-from .metrics import evaluate_full
-from .rerank import re_ranking
+from .datasets import merge_datasets
+from .features import DISTANCES, evaluate_reid, extract_features, rank_features
+from .metrics import check_matches
+from .model import NECK_FEATS, build_reid_model
+from .report import markdown_table, write_reports
+from .sampler import RandomIdentitySampler
+from .step import ReIDImageDataset, ReIDStep
+from .synth import load_source
 
-Item = tuple[str, int, int]
-DISTANCES = ("euclidean", "cosine")
-UNLABELLED = -1
+PROTOCOLS = ("label_free", "label_augmented", "merged")
+LABELLED_SCHEDULES = ("backbone", "joint", "alternating")
+TASK_NAME = "reid"
 
 
-class ReIDImageDataset(Dataset):
-    """``(image tensor, pid, camid)`` items from ``(path, pid, camid)`` triples.
+@dataclass
+class SourceConfig:
+    """One dataset: reader name (see ``build_reid_dataset``), root folder, reader options.
 
-    Images are loaded as RGB, resized to ``size`` (height, width, bicubic) and normalised
-    with ``mean`` / ``std``. With ``preload`` every image is decoded once into memory (fast
-    epochs for small benchmarks; leave it off for full-size datasets).
+    ``build_fashion`` (keyword arguments of ``build_fashion_reid``): if ``root`` does not
+    exist, the Fashion-MNIST re-ID benchmark is first written there (Market-1501 layout).
     """
 
-    def __init__(
-        self,
-        items: Sequence[Item],
-        size: tuple[int, int],
-        mean: Sequence[float],
-        std: Sequence[float],
-        preload: bool = False,
-    ) -> None:
-        self.paths = [path for path, _, _ in items]
-        self.pids = np.array([pid for _, pid, _ in items], dtype=np.int64)
-        self.camids = np.array([camid for _, _, camid in items], dtype=np.int64)
-        self.transform = transforms.Compose(
-            [
-                transforms.Resize(tuple(size), transforms.InterpolationMode.BICUBIC),
-                transforms.ToTensor(),
-                transforms.Normalize(mean, std),
-            ]
+    name: str = "market1501"
+    root: str = "data/market1501"
+    options: dict[str, Any] = field(default_factory=dict)
+    build_fashion: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.build_fashion is not None and self.name != "market1501":
+            raise ValueError(
+                f"build_fashion writes the Market-1501 layout: name must be 'market1501', "
+                f"got {self.name!r}"
+            )
+
+
+@dataclass
+class DataConfig(SourceConfig):
+    """The target dataset, the image pipeline and the P x K batch layout.
+
+    ``mean`` / ``std`` (None): the pretrained weights' statistics when the model loads weights
+    (``model.pretrained`` / ``model.checkpoint``), ImageNet's otherwise. Training follows the
+    BoT recipe: resize to ``height`` x ``width``, pad ``pad`` + random crop, flip, random
+    erasing with probability ``erasing``.
+    """
+
+    merge_with: list[dict[str, Any]] = field(default_factory=list)
+    height: int = 256
+    width: int = 128
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    preload: bool = False
+    pad: int = 10
+    flip: bool = True
+    erasing: float = 0.5
+    num_instances: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for i, entry in enumerate(self.merge_with):
+            if not isinstance(entry, dict):
+                raise ValueError(f"data.merge_with[{i}] must be a mapping, got {entry!r}")
+            from_dict(SourceConfig, entry, f"data.merge_with[{i}]")
+        if self.height < 1 or self.width < 1 or self.num_instances < 1:
+            raise ValueError("height, width and num_instances must be >= 1")
+        if not 0.0 <= self.erasing <= 1.0:
+            raise ValueError(f"erasing is a probability in [0, 1], got {self.erasing}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set both mean and std, or neither (then they follow the weights)")
+        if self.mean is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std need equal lengths, got {self.mean}, {self.std}")
+
+    def sources(self) -> list[SourceConfig]:
+        """The merge_with entries as configs."""
+        return [
+            from_dict(SourceConfig, e, f"data.merge_with[{i}]")
+            for i, e in enumerate(self.merge_with)
+        ]
+
+
+@dataclass
+class ModelConfig:
+    """Backbone (timm name or ``tv:<name>``), its weights, keyword overrides, BNNeck options.
+
+    ``pretrained`` / ``checkpoint`` / ``checkpoint_key`` / ``checkpoint_remap`` as in
+    ``denoiserep.models.create_model`` (the backbone's classifier head is dropped).
+    """
+
+    name: str = "vit_small_patch16_224"
+    pretrained: bool | str = False
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    last_stride: int | None = None
+    neck_feat: str = "after"
+    checkpoint_remap: list[Any] | None = None
+    checkpoint_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_remap(self.checkpoint_remap)
+        if self.neck_feat not in NECK_FEATS:
+            raise ValueError(f"neck_feat must be one of {NECK_FEATS}, got {self.neck_feat!r}")
+
+
+@dataclass
+class LossConfig:
+    """Identity loss (CE with label smoothing) + batch-hard triplet (None margin: soft)."""
+
+    label_smoothing: float = 0.1
+    triplet_margin: float | None = 0.3
+    id_weight: float = 1.0
+    triplet_weight: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    """Feature extraction and ranking; ``per_epoch`` also evaluates after every epoch."""
+
+    batch_size: int = 256
+    flip: bool = False
+    normalize: bool = True
+    distance: str = "euclidean"
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    max_rank: int = 50
+    per_epoch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+
+
+@dataclass
+class ReIDConfig(ArmsConfig):
+    """Everything one ``denoiserep reid`` run does (arms and training: ``ArmsConfig``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    denoise: dr.DenoiseConfig = field(default_factory=lambda: dr.DenoiseConfig(loss_weight=0.1))
+    protocol: str = "label_augmented"
+    output: str = "runs/reid"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        phases = self.finetune.phases
+        if "denoiserep" in self.arms:
+            if self.protocol == "label_augmented" and phases not in LABELLED_SCHEDULES:
+                raise ValueError(
+                    f"protocol 'label_augmented' needs finetune.phases in {LABELLED_SCHEDULES}, "
+                    f"got {phases!r}"
+                )
+            if self.protocol != "label_augmented" and phases != "denoiser":
+                raise ValueError(
+                    f"protocol {self.protocol!r} trains only the denoisers, without labels: "
+                    f"set finetune.phases=denoiser (got {phases!r})"
+                )
+        if (self.protocol == "merged") != bool(self.data.merge_with):
+            raise ValueError("data.merge_with must list datasets exactly when protocol is 'merged'")
+
+
+def image_statistics(cfg: ReIDConfig, model: nn.Module) -> tuple[list[float], list[float]]:
+    """(mean, std) of the image pipeline: the config's, else the weights', else ImageNet's."""
+    if cfg.data.mean is not None:
+        return list(cfg.data.mean), list(cfg.data.std)
+    if cfg.model.pretrained or cfg.model.checkpoint:
+        pre = preprocessing(model.backbone)
+        return list(pre["mean"]), list(pre["std"])
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+class ReIDExperiment(Experiment):
+    """Data, model and evaluation of a re-ID run; the DenoiseRep arm's data follows the protocol."""
+
+    def __init__(self, cfg: ReIDConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.target = load_source(cfg.data)
+        model = self.build_model()  # a wrong name or weights file fails here, before any folder
+        self.image_stats = image_statistics(cfg, model)
+        self.train_set = self._images(self.target.train)
+        self.query_set = self._images(self.target.query)
+        self.gallery_set = self._images(self.target.gallery)
+        q, g = self.query_set, self.gallery_set  # refused now, not after the baseline trained
+        check_matches(q.pids, g.pids, q.camids, g.camids)
+        self.denoiser_set = self.train_set  # label_augmented: labelled, P x K batches
+        if cfg.protocol == "label_free":
+            self.denoiser_set = self.train_set.without_labels()
+        elif cfg.protocol == "merged":
+            sources = [self.target, *(load_source(s) for s in cfg.data.sources())]
+            self.denoiser_set = self._images(merge_datasets(sources).train).without_labels()
+        loss, data = cfg.loss, cfg.data
+        weights = (loss.label_smoothing, loss.triplet_margin, loss.id_weight, loss.triplet_weight)
+        self.train_step = ReIDStep(*weights, data.pad, data.flip, data.erasing)
+        n = min(64, len(self.query_set))
+        self.probe = torch.stack([self.query_set[i][0] for i in range(n)]).to(self.device)
+        self._clean_gallery: tuple[weakref.ref, torch.Tensor] | None = None  # evaluate_under
+
+    @property
+    def convert_input(self) -> dict[str, Any]:
+        return {"x": self.probe[:2], "return_logits": True}  # the classifier runs too
+
+    def _images(self, items: list) -> ReIDImageDataset:
+        d = self.cfg.data
+        mean, std = self.image_stats
+        return ReIDImageDataset(items, (d.height, d.width), mean, std, d.preload)
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        weights = {"pretrained": m.pretrained} if m.pretrained else {}
+        if m.checkpoint:
+            weights["checkpoint"] = m.checkpoint
+        if m.checkpoint_remap is not None:
+            weights["checkpoint_remap"] = m.checkpoint_remap
+        if m.checkpoint_key is not None:
+            weights["checkpoint_key"] = m.checkpoint_key
+        return build_reid_model(
+            m.name,
+            self.target.num_train_pids,
+            m.last_stride,
+            m.neck_feat,
+            **weights,
+            **m.kwargs,
         )
-        self._cache = None
-        if preload and items:
-            self._cache = torch.stack([self._load(i) for i in range(len(self.paths))])
 
-    def _load(self, index: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[index]))
+    def evaluate(self, model: nn.Module, query: Any = None, gallery: Any = None) -> dict[str, Any]:
+        """mAP, Rank-1/5/10, mINP and the CMC curve (%) on the target's query and gallery."""
+        e = self.cfg.eval
+        rerank = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value} if e.rerank else None
+        return evaluate_reid(
+            model,
+            self.query_set if query is None else query,
+            self.gallery_set if gallery is None else gallery,
+            e.batch_size,
+            e.flip,
+            e.normalize,
+            e.distance,
+            rerank,
+            e.max_rank,
+        )
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    robustness_metric = "mAP"
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        x = self._cache[index] if self._cache is not None else self._load(index)
-        return x, int(self.pids[index]), int(self.camids[index])
+    def evaluate_under(self, model: nn.Module, condition: Any) -> dict[str, float]:
+        """Queries corrupted against the clean gallery (embedded once per arm, at ``clean``;
+        feature noise and bits change the model, so they embed it again); with
+        ``robustness.corrupt_gallery`` also (``both/``) against the gallery corrupted alike.
+        ``max_images`` keeps the first queries, always against the whole gallery."""
+        e, stats = self.cfg.eval, self.image_stats
 
-    def without_labels(self) -> ReIDImageDataset:
-        """The same images (sharing the preloaded ones) with every pid and camid set to -1,
-        so label-free training cannot read a label."""
-        unlabelled = copy.copy(self)
-        unlabelled.pids = np.full_like(self.pids, UNLABELLED)
-        unlabelled.camids = np.full_like(self.camids, UNLABELLED)
-        return unlabelled
+        def embed(dataset: Any) -> torch.Tensor:
+            return extract_features(model, dataset, e.batch_size, e.flip)
 
+        query = condition(self.query_set, stats)
+        qf = embed(query)
+        if condition.kind == "feature_noise" or condition.kind == "feature_bits":
+            gf = embed(self.gallery_set)
+        else:
+            cached = self._clean_gallery
+            if condition.kind == "clean" or cached is None or cached[0]() is not model:
+                self._clean_gallery = (weakref.ref(model), embed(self.gallery_set))
+            gf = self._clean_gallery[1]
+        metrics = self._rank(qf, gf)
+        if condition.kind == "corruption" and self.cfg.robustness.corrupt_gallery:
+            gallery = condition(self.gallery_set, stats, limit=False)
+            both = self._rank(qf, embed(gallery))
+            metrics.update({f"both/{k}": v for k, v in both.items()})
+        return metrics
 
-def pairwise_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between the rows of ``a`` and ``b`` (gradient-safe at 0)."""
-    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2 * a @ b.T
-    return sq.clamp_min(1e-12).sqrt()
+    def _rank(self, qf: torch.Tensor, gf: torch.Tensor) -> dict[str, float]:
+        """The scalar metrics of the first ``len(qf)`` queries' features against ``gf``."""
+        e = self.cfg.eval
+        rerank = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value} if e.rerank else None
+        args = (e.normalize, e.distance, rerank, e.max_rank)
+        r = rank_features(qf, gf, self.query_set, self.gallery_set, *args)
+        return {k: v for k, v in r.items() if k != "cmc"}
 
+    def fit_options(self, arm: str, train: TrainConfig, seed: int) -> dict[str, Any]:
+        """The labelled set trains on P x K batches; an unlabelled one on the trainer's shuffle."""
+        denoising = arm not in ("baseline", "control")
+        dataset = self.denoiser_set if denoising else self.train_set
+        options: dict[str, Any] = {"dataset": dataset}
+        if dataset is self.train_set:
+            options["sampler"] = RandomIdentitySampler(
+                self.train_set.pids.tolist(),
+                train.batch_size,
+                self.cfg.data.num_instances,
+                seed,
+                num_replicas=dist.world_size(),
+                rank=dist.rank(),
+            )
+        if self.cfg.eval.per_epoch:
 
-def batch_hard_triplet(
-    feats: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch-hard triplet loss (Hermans et al. 2017): hardest positive and negative per anchor.
+            def eval_fn(model: nn.Module) -> dict[str, float]:
+                metrics = self.evaluate(model)
+                return {"test_mAP": metrics["mAP"], "test_rank1": metrics["rank1"]}
 
-    Loss per anchor: max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) for the soft
-    margin (``margin=None``); averaged over anchors. Returns (loss, d_ap, d_an).
-    """
-    dist_mat = pairwise_euclidean(feats, feats)
-    same = pids[:, None] == pids[None, :]
-    if same.all(dim=1).any():
-        raise ValueError("batch-hard triplet loss needs a negative for every anchor")
-    d_ap = dist_mat.masked_fill(~same, float("-inf")).amax(dim=1)
-    d_an = dist_mat.masked_fill(same, float("inf")).amin(dim=1)
-    if margin is None:
-        loss = F.softplus(d_ap - d_an).mean()
-    else:
-        loss = F.relu(d_ap - d_an + margin).mean()
-    return loss, d_ap, d_an
+            options["eval_fn"] = eval_fn
+        return options
 
-
-class ReIDTask:
-    """Identity loss (CE, label smoothing) + triplet loss on ``(image, pid, camid)`` batches.
-
-    Args:
-        label_smoothing: epsilon of the cross-entropy.
-        triplet_margin: margin of the triplet loss; None for the soft margin.
-        id_weight, triplet_weight: weights of the two losses.
-        pad: pad-and-crop reach in pixels (0: off); flip: random horizontal flips.
-        erasing: probability of random erasing per image (0: off).
-    """
-
-    def __init__(
-        self,
-        label_smoothing: float = 0.1,
-        triplet_margin: float | None = 0.3,
-        id_weight: float = 1.0,
-        triplet_weight: float = 1.0,
-        pad: int = 0,
-        flip: bool = True,
-        erasing: float = 0.5,
-    ) -> None:
-        self.label_smoothing = label_smoothing
-        self.triplet_margin = triplet_margin
-        self.id_weight = id_weight
-        self.triplet_weight = triplet_weight
-        self.pad = pad
-        self.flip = flip
-        self.erasing = erasing
-
-    def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(device, non_blocking=True) for t in batch)
-
-    def augment(
-        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        x, *labels = batch
-        x = pad_crop_flip(x, generator, self.pad, self.flip, rows)
-        if self.erasing > 0:
-            x = random_erasing(x, generator, self.erasing, rows=rows)
-        return (x, *labels)
-
-    def forward(self, model: nn.Module, batch: Any) -> Any:
-        # Always ask for the scores too, so a converted classifier sees its input in every phase.
-        return model(batch[0], return_logits=True)
-
-    def loss(self, output: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        scores, feats = (o.float() for o in output)
-        pids = batch[1]
-        id_loss = F.cross_entropy(scores, pids, label_smoothing=self.label_smoothing)
-        tri_loss, d_ap, d_an = batch_hard_triplet(feats, pids, self.triplet_margin)
-        loss = self.id_weight * id_loss + self.triplet_weight * tri_loss
-        logs = {
-            "id_loss": id_loss.item(),
-            "triplet_loss": tri_loss.item(),
-            "train_acc": (scores.argmax(-1) == pids).float().mean().item(),
-            "triplet_acc": (d_an > d_ap).float().mean().item(),
+    def dataset_summary(self) -> dict[str, Any]:
+        return {
+            "name": self.target.name,
+            "train_images": len(self.train_set),
+            "train_ids": self.target.num_train_pids,
+            "query_images": len(self.query_set),
+            "gallery_images": len(self.gallery_set),
+            "denoiserep_train_images": len(self.denoiser_set),
         }
-        return loss, logs
 
 
-@torch.no_grad()
-def extract_features(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256, flip: bool = False
-) -> torch.Tensor:
-    """Evaluation features of every item of ``dataset`` (in order), on every rank, on CPU.
-
-    Rank r embeds the r-th of ``world`` equal contiguous chunks (the last one padded by
-    repeating the final item), the chunks are gathered in rank order and the padding is
-    dropped. With ``flip`` a feature is the mean of the image's and its mirror's.
-    """
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("cannot extract features of an empty dataset")
-    device = next(model.parameters()).device
-    per_rank = -(-n // dist.world_size())
-    start = dist.rank() * per_rank
-    chunk = Subset(dataset, [min(i, n - 1) for i in range(start, start + per_rank)])
-    was_training = model.training
-    model.eval()
-    feats = []
-    for x, *_ in DataLoader(chunk, batch_size=batch_size):
-        x = x.to(device)
-        f = model(x).float()
-        if flip:
-            f = (f + model(x.flip(-1)).float()) / 2
-        feats.append(f)
-    model.train(was_training)
-    return dist.all_gather_cat(torch.cat(feats))[:n].cpu()
+def run_reid(cfg: ReIDConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the protocol of ``cfg``; write results.json / results.md / cmc.png; return results."""
+    experiment = ReIDExperiment(cfg)
+    header = {
+        "task": TASK_NAME,
+        "config": to_dict(cfg),
+        "protocol": cfg.protocol,
+        "dataset": experiment.dataset_summary(),
+        "preprocessing": {"mean": experiment.image_stats[0], "std": experiment.image_stats[1]},
+    }
+    weights = bool(cfg.model.pretrained or cfg.model.checkpoint)
+    plan = RunPlan(arms=cfg, header=header, write=write_reports, has_weights=weights)
+    return start_run(experiment, plan, overwrite=overwrite, progress=progress)
 
 
-def distance_matrix(a: torch.Tensor, b: torch.Tensor, metric: str = "euclidean") -> np.ndarray:
-    """(len(a), len(b)) distances in float64: euclidean, or cosine distance 1 - cos."""
-    a, b = a.double(), b.double()
-    if metric == "euclidean":
-        return pairwise_euclidean(a, b).numpy()
-    if metric == "cosine":
-        return (1 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).numpy()
-    raise ValueError(f"distance must be one of {DISTANCES}, got {metric!r}")
-
-
-def evaluate_reid(
-    model: nn.Module,
-    query: ReIDImageDataset,
-    gallery: ReIDImageDataset,
-    batch_size: int = 256,
-    flip: bool = False,
-    normalize: bool = True,
-    distance: str = "euclidean",
-    rerank: dict[str, Any] | None = None,
-    max_rank: int = 50,
-) -> dict[str, Any]:
-    """mAP, mINP, Rank-1/5/10 and the CMC curve (all in %) of ``model`` on query vs gallery.
-
-    ``rerank`` (k1, k2, lambda_value), if given, applies k-reciprocal re-ranking to the
-    distances before ranking.
-    """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    qf = extract_features(model, query, batch_size, flip)
-    gf = extract_features(model, gallery, batch_size, flip)
-    return rank_features(qf, gf, query, gallery, normalize, distance, rerank, max_rank)
-
-
-def rank_features(
-    qf: torch.Tensor,
-    gf: torch.Tensor,
-    query: ReIDImageDataset,
-    gallery: ReIDImageDataset,
-    normalize: bool = True,
-    distance: str = "euclidean",
-    rerank: dict[str, Any] | None = None,
-    max_rank: int = 50,
-) -> dict[str, Any]:
-    """:func:`evaluate_reid`'s metrics from features already embedded: the first ``len(qf)``
-    queries of ``query`` against ``gallery`` (robustness scoring reuses one gallery's)."""
-    n = len(qf)
-    if normalize:
-        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-    distmat = distance_matrix(qf, gf, distance)
-    if rerank is not None:
-        distmat = re_ranking(
-            distmat, distance_matrix(qf, qf, distance), distance_matrix(gf, gf, distance), **rerank
-        )
-    q_pids, q_camids = query.pids[:n], query.camids[:n]
-    r = evaluate_full(distmat, q_pids, gallery.pids, q_camids, gallery.camids, max_rank)
-    metrics = {k: 100.0 * float(r[k]) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
-    metrics["cmc"] = (100.0 * r["cmc"]).tolist()
-    return metrics
+TASK = Task(
+    name=TASK_NAME,
+    help="re-identification: baseline, control and DenoiseRep",
+    Config=ReIDConfig,
+    run=run_reid,
+    table=markdown_table,
+    default_config="reid_fashion.yaml",
+    report_files=("results.json", "results.md", "cmc.png"),
+    writer=write_reports,
+)

@@ -1,8 +1,9 @@
-"""What detection and segmentation share: the canvas data, and a task for the arms engine.
+"""What detection and segmentation share: the canvas data, an experiment for the arms
+runner, and the report tables.
 
 The arms (baseline, control, DenoiseRep) and seeds run in :mod:`denoiserep.engine.arms`;
-:class:`DenseArms` supplies a dense task's model, data and evaluation to it, and keeps the
-first seed's models for the prediction figure.
+:class:`DenseExperiment` supplies a dense task's model, data and evaluation to it, and keeps
+the first seed's models for the prediction figure.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from torch.utils.data import Dataset
 
 from denoiserep.data.constants import FASHION_MNIST_ROOT
 from denoiserep.engine import dist
-from denoiserep.engine.arms import ArmsConfig, ArmsTask, start_run
+from denoiserep.engine.arms import ArmsConfig, start_run
 from denoiserep.engine.config import to_dict
+from denoiserep.engine.experiment import Experiment, RunPlan
 from denoiserep.engine.report import (
     fusion_rows,
     metric_table,
@@ -91,7 +93,7 @@ def ensure_canvas(cfg: CanvasConfig) -> FashionCanvas:
     return FashionCanvas(root)
 
 
-class DenseArms(ArmsTask):
+class DenseExperiment(Experiment):
     """A dense task for the arms engine: ``evaluate_on(model, dataset, max_images)`` scores a
     model on (the first ``max_images`` items of) a version of ``test_set``, clean or corrupted
     (images in [0, 1]; the models normalise them); ``features(model, probe)`` are the outputs
@@ -101,7 +103,7 @@ class DenseArms(ArmsTask):
         self,
         build_model: Callable[[], nn.Module],
         train_set: Dataset,
-        trainer_task: Any,
+        train_step: Any,
         test_set: Dataset,
         evaluate_on: Callable[[nn.Module, Dataset, int | None], dict[str, float]],
         probe: torch.Tensor,
@@ -111,7 +113,7 @@ class DenseArms(ArmsTask):
         robustness_metric: str = "",
     ) -> None:
         self._build, self._evaluate_on, self._features = build_model, evaluate_on, features
-        self.train_set, self.trainer_task, self.probe = train_set, trainer_task, probe
+        self.train_set, self.train_step, self.probe = train_set, train_step, probe
         self.test_set, self.robustness_metric = test_set, robustness_metric
         self.device, self.collate_fn = device, collate_fn
         self.first_models: dict[str, nn.Module] = {}
@@ -144,15 +146,17 @@ class DenseArms(ArmsTask):
 
 def run_dense(
     cfg: ArmsConfig,
-    task: DenseArms,
+    experiment: DenseExperiment,
     header: dict[str, Any],
     write: Callable[[dict[str, Any], Path], None],
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Claim the output folder (after the task's data and model were built) and run the arms."""
-    task.build_model()  # a wrong configuration fails here, before any folder
-    return start_run(cfg, task, cfg, header, write, overwrite, progress)
+    """Claim the output folder (after the experiment's data and model were built) and run
+    the arms."""
+    experiment.build_model()  # a wrong configuration fails here, before any folder
+    plan = RunPlan(arms=cfg, header=header, write=write)
+    return start_run(experiment, plan, overwrite=overwrite, progress=progress)
 
 
 def probe_batch(dataset: Dataset, size: int = 2) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""``denoiserep probe``: linear-probe accuracy of a frozen (fused) backbone (``.task``)."""
