@@ -27,6 +27,17 @@ def test_probe_on_digits_is_well_above_chance(tmp_path, capsys):
     assert "| test |" in (out / "results.md").read_text()
 
 
+def test_a_randomly_initialised_model_probes_the_same_every_run(tmp_path):
+    """The model's random init comes from ``seed``: two runs agree, another seed differs."""
+    results = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / name
+        assert main(["probe", "--no-progress", "--output", str(out), f"seed={seed}", *SMALL]) == 0
+        report = json.loads((out / "results.json").read_text())
+        results.append((report["summary"]["train_acc1"], report["summary"]["test_acc1"]))
+    assert results[0] == results[1] and results[0] != results[2]
+
+
 def test_probing_leaves_the_frozen_backbone_unchanged(tmp_path):
     kwargs = {"img_size": 8, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
     cfg = ModelConfig(kwargs=kwargs)

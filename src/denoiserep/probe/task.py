@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from denoiserep.data.augment import image_transforms
 from denoiserep.data.classification import build_classification_data
 from denoiserep.data.images import ListImageDataset
-from denoiserep.engine.config import to_dict
+from denoiserep.engine.config import check_seeds, to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.report import write_json
 from denoiserep.engine.runs import prepare_run_folder
 from denoiserep.models import preprocessing
 from denoiserep.models.factory import create_model
 from denoiserep.tasks.contract import Task
+from denoiserep.util.errors import first_line
 from denoiserep.util.state_dict import load_state_checked
 
 from .linear import RidgeProbe, penultimate_features
@@ -60,12 +62,14 @@ class ProbeConfig:
     data: DataConfig = field(default_factory=DataConfig)  # the dataset (train: fit, test: score)
     model: ModelConfig = field(default_factory=ModelConfig)  # the frozen model and its weights
     l2: float = 1e-3  # ridge penalty per sample, on standardised features (> 0)
+    seed: int = 0  # seeds a model built without weights (and a head a checkpoint lacks)
     output: str = "runs/probe"  # output folder (results.json, results.md; --output overrides)
     device: str = "auto"  # `auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`
 
     def __post_init__(self) -> None:
         if self.l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {self.l2}")
+        check_seeds([self.seed])
         if self.data.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.data.batch_size}")
 
@@ -109,6 +113,7 @@ def run_probe(cfg: ProbeConfig, overwrite: bool = False, progress: bool = True) 
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
+    torch.manual_seed(cfg.seed)  # the same random init (or fresh head) every run
     model = build_frozen_model(cfg.model, data.num_classes, data.in_chans)
     load_data(cfg, model, data)
     before = fingerprint(model)
@@ -117,9 +122,8 @@ def run_probe(cfg: ProbeConfig, overwrite: bool = False, progress: bool = True) 
         x_train, y_train = penultimate_features(model, data.train, cfg.data.batch_size, device)
         x_test, y_test = penultimate_features(model, data.test, cfg.data.batch_size, device)
     except Exception as e:  # noqa: BLE001 - whatever the model raises becomes one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         name = cfg.model.name
-        raise ValueError(f"model {name} cannot take the data's images ({first})") from None
+        raise ValueError(f"model {name} cannot take the data's images ({first_line(e)})") from None
     out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite, type(cfg))  # input was good
     probe = RidgeProbe(cfg.l2).fit(x_train, y_train, data.num_classes)
     summary = {
