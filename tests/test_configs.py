@@ -22,6 +22,7 @@ COMMAND_OF = {
     "bench_tiny": "bench",
     "digits_demo": "classify",
     "probe_digits": "probe",
+    "memory": "memory",
     "fashion_vit": "classify",
     "fashion_resnet": "classify",
     "fashion_vmamba": "classify",

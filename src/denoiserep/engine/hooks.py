@@ -5,8 +5,8 @@ every hook at each point, in list order, with itself as first argument (read ``t
 ``.tag``, ``.out_dir``, ``.model``, ``.optimizer``, ``.state``, ``.epoch``, ``.phase``,
 ``.steps_per_epoch``; do not change ``.state`` or a ``record``: the history and the
 checkpoints are built from them). The progress bar, the throughput meter and the TensorBoard
-log are hooks (below); ``engine.trainer`` documents the order and where gradient accumulation
-and sharded training plug in.
+log are hooks (below); ``engine.trainer`` documents the order, gradient accumulation and
+where sharded training plugs in.
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ class TrainerHook:
         """Epoch ``epoch`` (0-based) begins; ``trainer.phase`` and ``trainer.runner`` are set."""
 
     def before_step(self, trainer: Any, step: int) -> None:
-        """Step ``step`` of the epoch has its batch (steps a resumed epoch skips get no call)."""
+        """Step ``step`` of the epoch has its batch (all its micro-batches with ``accumulate``
+        > 1; steps a resumed epoch skips get no call)."""
 
     def after_backward(self, trainer: Any, step: int, loss: torch.Tensor) -> None:
-        """Gradients of ``loss`` are in place; the optimizer has not stepped yet."""
+        """Gradients of ``loss`` are in place; the optimizer has not stepped yet. With
+        ``accumulate`` > 1: once per optimizer step, after its last micro-batch, with the
+        micro-batches' mean loss (detached) and the accumulated gradients."""
 
     def after_step(self, trainer: Any, step: int, logs: dict[str, float]) -> None:
         """The optimizer stepped; ``logs`` holds the step's ``loss`` and the task's values."""

@@ -6,6 +6,7 @@ accumulation and sharded training plug in; ``engine.stages`` holds the maths of 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -72,6 +73,8 @@ class Trainer:
         self.lam, self.epoch, self.phase, self.runner = 0.0, 0, None, model
         self.loader: Any = None
         self.rows, self.optimizer, self.scheduler, self.steps_per_epoch = None, None, None, 0
+        self.micro_rows: list = [None]  # each micro-batch's rows of the global batch
+        self.ddp: nn.parallel.DistributedDataParallel | None = None  # for no_sync
 
     def fit(self) -> list[dict[str, Any]]:
         """Run every stage; return the per-epoch history."""
@@ -79,6 +82,7 @@ class Trainer:
         self.build_loader()
         self.build_optimization()
         self.restore_or_initialise()
+        self.announce_batch()
         error = None
         try:  # a failure ends the hooks first: the log writer's thread must not outlive the folder
             self.hooks.on_fit_start(self)
@@ -116,8 +120,11 @@ class Trainer:
             self.seed,
             self.sampler,
             self.collate_fn,
+            accumulate=cfg.accumulate,
         )
-        self.steps_per_epoch = len(self.loader)
+        local = cfg.batch_size // self.world
+        self.micro_rows = stages.micro_rows(self.rows, local, cfg.accumulate)
+        self.steps_per_epoch = len(self.loader) // cfg.accumulate
         if cfg.epochs and self.steps_per_epoch == 0:
             raise ValueError(
                 f"{self.tag}: {len(self.dataset)} training items give no batch of {cfg.batch_size}"
@@ -128,6 +135,29 @@ class Trainer:
         self.optimizer, self.scheduler = stages.build_optimization(
             self.model, self.cfg, self.steps_per_epoch
         )
+
+    def effective_batch(self) -> dict[str, int]:
+        """What one optimizer step sees: the global ``batch_size`` = ``micro_batch`` items
+        per process x ``accumulate`` micro-batches x ``world_size`` processes."""
+        cfg = self.cfg
+        micro = cfg.batch_size // (self.world * cfg.accumulate)
+        return dict(
+            batch_size=cfg.batch_size,
+            micro_batch=micro,
+            accumulate=cfg.accumulate,
+            world_size=self.world,
+        )
+
+    def announce_batch(self) -> None:
+        """Print the effective batch once (rank 0) when it is split, over micro-batches or
+        processes (one process without accumulation prints nothing: its stdout is unchanged)."""
+        split = self.cfg.accumulate > 1 or self.world > 1
+        if dist.is_main() and self.cfg.epochs and split:
+            b = self.effective_batch()
+            tqdm.write(
+                f"{self.tag}: effective batch {b['batch_size']} = {b['micro_batch']} per "
+                f"micro-batch x {b['accumulate']} accumulated x {b['world_size']} processes"
+            )
 
     def restore_or_initialise(self) -> None:
         """Resume from the newest checkpoint that reads; on a fresh start of a converted model
@@ -157,7 +187,8 @@ class Trainer:
         """What the forward pass runs: the model under DDP when distributed, compiled with
         ``cfg.compile``. A sharding strategy replaces this stage."""
         model = self.model
-        runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model
+        self.ddp = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else None
+        runner = self.ddp or model
         if self.cfg.compile:
             runner = torch.compile(runner)
         return runner
@@ -178,7 +209,7 @@ class Trainer:
             self.sampler.set_epoch(epoch)
         sums = state["sums"] if state["step"] else {}
         self.hooks.on_epoch_start(self, epoch)
-        for step, batch in enumerate(self.loader):
+        for step, batch in enumerate(stages.micro_groups(self.loader, cfg.accumulate)):
             if step < state["step"]:
                 continue
             self.hooks.before_step(self, step)
@@ -191,26 +222,41 @@ class Trainer:
         self.end_epoch(epoch, sums)
 
     def run_step(self, epoch: int, step: int, batch: Any) -> dict[str, float]:
-        """One optimizer step on ``batch``; returns the step's logs."""
-        torch.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1 << 20))
-        batch = self.train_step.to_device(batch, self.device)
-        batch = augment_batch(self.train_step, batch, generator, self.rows)
-        losses = stages.forward_loss(
-            self.train_step,
-            self.runner,
-            self.model,
-            batch,
-            phase=self.phase,
-            converted=self.converted,
-            lam=self.lam,
-            amp=self.cfg.amp,
-        )
-        self.check_finite(losses.loss, epoch, step)
-        self.backward(losses.loss)
+        """One optimizer step on ``batch`` (with ``cfg.accumulate`` > 1: the list of its
+        micro-batches); returns the step's logs (means over the micro-batches)."""
+        micro = batch if self.cfg.accumulate > 1 else [batch]
+        if len(micro) != self.cfg.accumulate:
+            raise ValueError(f"{len(micro)} micro-batches for accumulate={self.cfg.accumulate}")
+        parts = [self.micro_step(epoch, step, k, part) for k, part in enumerate(micro)]
+        losses = stages.mean_losses(parts)
         self.hooks.after_backward(self, step, losses.loss)
         self.optimizer_step()
         return stages.step_logs(losses, self.phase, self.converted)
+
+    def micro_step(self, epoch: int, step: int, k: int, batch: Any) -> stages.StepLoss:
+        """Forward and backward of micro-batch ``k`` of a step: the global RNG reseeded from
+        (seed, epoch, step, rank[, k]) (the noise draws), the augmentation drawn for the
+        global batch from (seed, epoch, step) and this micro-batch's rows kept."""
+        extra = (k,) if k else ()  # micro-batch 0 draws as a step without accumulation
+        torch.manual_seed(mix_seed(self.seed, epoch, step, self.rank, *extra))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1 << 20))
+        batch = self.train_step.to_device(batch, self.device)
+        batch = augment_batch(self.train_step, batch, generator, self.micro_rows[k])
+        last = k == self.cfg.accumulate - 1
+        with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+            losses = stages.forward_loss(
+                self.train_step,
+                self.runner,
+                self.model,
+                batch,
+                phase=self.phase,
+                converted=self.converted,
+                lam=self.lam,
+                amp=self.cfg.amp,
+            )
+            self.check_finite(losses.loss, epoch, step)
+            self.backward(losses.loss, k)
+        return losses
 
     def check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Stop with :class:`TrainingDiverged` on a NaN or infinite loss."""
@@ -220,12 +266,21 @@ class Trainer:
                 f"last good checkpoint: {latest_checkpoint(self.ckpt_dir) or 'none'}"
             )
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Gradients of ``loss`` (accumulation overrides this: ``no_sync``, scaled loss)."""
-        stages.backward(loss, self.optimizer)
+    def backward(self, loss: torch.Tensor, micro: int = 0) -> None:
+        """Gradients of micro-batch ``micro``'s ``loss``: the first clears the gradients, each
+        adds those of ``loss / cfg.accumulate`` (DDP's ``no_sync`` is around all but the last:
+        ``micro_step``)."""
+        n = self.cfg.accumulate
+        if n == 1:
+            stages.backward(loss, self.optimizer)
+            return
+        if micro == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        (loss / n).backward()
 
     def optimizer_step(self) -> None:
-        """Clip, step the optimizer and the schedule (accumulation skips micro-steps here)."""
+        """Clip, step the optimizer and the schedule: once per step, after all its
+        micro-batches."""
         stages.optimizer_step(self.model, self.optimizer, self.scheduler, self.cfg.grad_clip)
 
     def end_epoch(self, epoch: int, sums: dict[str, float]) -> None:
@@ -240,6 +295,7 @@ class Trainer:
             world_size=self.world,
             steps_all_ranks=steps,
         )
+        record.update(self.effective_batch())  # world_size keeps its place
         if self.eval_fn is not None:
             record.update(self.eval_fn(self.model))
         self.state["history"].append(record)
@@ -260,7 +316,7 @@ class Trainer:
     def finish(self) -> None:
         """BatchNorm statistics after the last epoch (``stages.finish_batchnorm``), on the
         training images augmented as in training by a draw seeded from (seed, epochs)."""
-        cfg, step_fn, device, rows = self.cfg, self.train_step, self.device, self.rows
+        cfg, step_fn, device, rows = self.cfg, self.train_step, self.device, self.micro_rows[0]
         augmentation = torch.Generator().manual_seed(mix_seed(self.seed, cfg.epochs, 1 << 21))
 
         def training_view(m: nn.Module, batch: Any) -> Any:  # what training normalised

@@ -10,7 +10,8 @@ and the hook calls.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,23 +84,33 @@ def build_loader(
     seed: int,
     sampler: Sampler | None = None,
     collate_fn: Callable[[list], Any] | None = None,
+    *,
+    accumulate: int = 1,
 ) -> tuple[DataLoader, Sampler, BatchRows | None]:
     """This process's loader of ``batch_size // world`` items (a seeded ``DistributedSampler``
     unless ``sampler`` is given), the sampler, and the rows this process holds of the global
     batch (None in one process or under a custom sampler).
 
     Under torchrun with the default sampler, rank r's j-th item is row j * world + r of the
-    1-process batch: augmentation draws for the global batch and keeps those rows."""
+    1-process batch: augmentation draws for the global batch and keeps those rows.
+    ``accumulate`` > 1: the loader yields micro-batches of ``batch_size // (world *
+    accumulate)`` items; ``accumulate`` consecutive ones (``micro_groups``) are exactly this
+    process's batch without accumulation, split in order (``micro_rows`` gives their rows)."""
     world, rank = dist.world_size(), dist.rank()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} is not divisible by {world} processes")
+    if batch_size % (world * accumulate):
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible into {accumulate} micro-batches on each "
+            f"of {world} processes"
+        )
     if sampler is None:
         sampler = DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
         )
     loader = DataLoader(
         dataset,
-        batch_size=batch_size // world,
+        batch_size=batch_size // (world * accumulate),
         sampler=sampler,
         drop_last=True,
         num_workers=workers,
@@ -112,6 +123,30 @@ def build_loader(
         local = batch_size // world
         rows = BatchRows(torch.arange(local) * world + rank, batch_size)
     return loader, sampler, rows
+
+
+def micro_rows(rows: BatchRows | None, local: int, accumulate: int) -> list[BatchRows | None]:
+    """The rows of each of the ``accumulate`` micro-batches that split this process's batch
+    of ``local`` items (``rows``: its rows of the global batch, None: it is the whole batch).
+
+    Each micro-batch draws the augmentation of the whole batch and keeps its rows, so the
+    images are augmented as without accumulation. ``accumulate`` 1: ``[rows]`` unchanged."""
+    if accumulate == 1:
+        return [rows]
+    base = rows if rows is not None else BatchRows(torch.arange(local), local)
+    m = local // accumulate
+    return [BatchRows(base.index[k * m : (k + 1) * m], base.total) for k in range(accumulate)]
+
+
+def micro_groups(loader: Iterable[Any], accumulate: int) -> Iterator[Any]:
+    """The loader's batches, in lists of ``accumulate`` consecutive micro-batches (an
+    incomplete last group is dropped); ``accumulate`` 1: the batches themselves."""
+    if accumulate == 1:
+        yield from loader
+        return
+    batches = iter(loader)
+    while len(group := list(itertools.islice(batches, accumulate))) == accumulate:
+        yield group
 
 
 def build_optimization(model: nn.Module, cfg: Any, steps_per_epoch: int) -> tuple[Any, Any]:
@@ -158,6 +193,20 @@ def forward_loss(
         ploss = dr.denoise_loss(model) if converted else torch.zeros((), device=device)
         loss = task_loss + lam * ploss
     return StepLoss(loss, task_loss, ploss, logs)
+
+
+def mean_losses(parts: list[StepLoss]) -> StepLoss:
+    """One optimizer step's losses from its micro-batches' (equal sizes): the mean of each,
+    detached, and of each logged value; one part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    n = len(parts)
+
+    def mean(name: str) -> torch.Tensor:
+        return torch.stack([getattr(p, name).detach().float() for p in parts]).mean()
+
+    logs = {k: sum(p.logs[k] for p in parts) / n for k in parts[0].logs}
+    return StepLoss(mean("loss"), mean("task_loss"), mean("ploss"), logs)
 
 
 def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:

@@ -33,6 +33,11 @@ class TrainConfig:
     model library's own switch: ``models.grad_checkpointing.enable_grad_checkpointing``; timm
     and ``hf:`` models); D trains as without it. It stays on in the model after training, until
     a fit with it off (checkpointing turned on otherwise is left as it is).
+    ``accumulate``: gradient accumulation. Each optimizer step runs ``accumulate``
+    micro-batches of ``batch_size / (accumulate * processes)`` items per process, the loss
+    scaled by 1 / ``accumulate`` (DDP synchronises only the last one). ``batch_size`` stays the
+    effective (global) batch per optimizer step, so a config means the same whatever the number
+    of GPUs and micro-batches; the steps, the schedule and ``ckpt_every`` count optimizer steps.
     """
 
     epochs: int = 10
@@ -55,6 +60,7 @@ class TrainConfig:
     workers: int = 0
     compile: bool = False
     grad_checkpointing: bool = False
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         from denoiserep.util.config import coerce_fields
@@ -74,10 +80,16 @@ class TrainConfig:
             "alternate_every": 1,
             "ckpt_every": 0,
             "workers": 0,
+            "accumulate": 1,
         }
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.batch_size % self.accumulate:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible into accumulate="
+                f"{self.accumulate} micro-batches"
+            )
         if self.denoiser_init not in ("zero", "closed_form"):
             raise ValueError(
                 f"denoiser_init must be 'zero' or 'closed_form', got {self.denoiser_init!r}"

@@ -4,25 +4,23 @@
 in this order (the maths of each lives in ``engine.stages``, a function testable alone):
 
 - ``prepare_model``: phase check, lambda, gradient checkpointing on or off;
-- ``build_loader``: DataLoader, sampler, this process's rows of the global batch (DDP);
+- ``build_loader``: DataLoader (of micro-batches with ``accumulate`` > 1), sampler, this
+  process's rows of the global batch (DDP) and each micro-batch's rows;
 - ``build_optimization``: optimizer and cosine schedule;
 - ``restore_or_initialise``: resume from the newest checkpoint that reads, or on a fresh
   start fit every D in closed form (``denoiser_init=closed_form``);
 - ``run_epoch`` (per epoch): phase, ``wrap_model`` (DDP, ``torch.compile``), train mode,
-  then ``run_step`` per batch: reseed, augment, ``forward_loss``, divergence check,
-  ``backward``, gradient clipping and ``optimizer_step``;
+  then ``run_step`` per optimizer step: for each of its ``accumulate`` micro-batches
+  (``micro_step``) reseed, augment, ``forward_loss``, divergence check, ``backward`` (loss / N,
+  DDP's ``no_sync`` on all but the last); then gradient clipping and ``optimizer_step`` once;
 - ``end_epoch``: all-reduce of the epoch's sums, history record, evaluation, checkpoint;
 - ``finish``: BatchNorm recalibration (or the note that the statistics are stale).
 
 Hooks (``engine.hooks.TrainerHook``) are called at ``on_fit_start``, ``on_epoch_start``,
 ``before_step``, ``after_backward``, ``after_step``, ``on_epoch_end`` and ``on_fit_end``
 (always, also after an error); the throughput meter, the TensorBoard log and the progress bar
-are hooks. Where the next features go:
+are hooks. Gradient accumulation: docs/guide/extending-training.md. Where the next go:
 
-- gradient accumulation: a ``Trainer`` subclass (or strategy) overriding ``backward`` to keep
-  the earlier micro-steps' gradients, scale the loss and run inside ``self.runner.no_sync()``
-  on all but the last micro-step, and ``optimizer_step`` to clip, step and zero the gradients
-  only on that last one; ``run_step``, the seeding and the checkpoint count stay as they are.
 - sharded training (FSDP2): override ``wrap_model`` instead of the DDP wrapping (``fully_shard``
   shards in place, so apply it once, before ``build_optimization``), and the checkpoint writer
   must gather the full state dict (``torch.distributed.checkpoint``) before ``save_training_state``.

@@ -73,6 +73,11 @@ BUILTIN: dict[str, TaskInfo] = {
         "inference/training cost of fused vs baseline models",
         "bench.yaml",
     ),
+    "memory": TaskInfo(
+        "denoiserep.bench.memory_estimate:TASK",
+        "estimated per-GPU training memory (ViT-B/L/H), with and without DenoiseRep and fsdp",
+        "memory.yaml",
+    ),
     "probe": TaskInfo(
         "denoiserep.probe.task:TASK",
         "linear-probe accuracy of a frozen (fused) backbone",
