@@ -11,11 +11,17 @@
 #      then the joint step with torch's default (foreach) AdamW instead of the fused kernel that
 #      the bench uses (last: what does not fit the step's limit is lost first), all in
 #      bench_batch_loss.md;
-#   4. the joint training step under torch.compile (ViT-B/16).
-# Each step has its own time limit (580 s in all) and writes to $OUT as it finishes:
-# progress.txt (environment and a line per step), cuda_tests.txt, bench_<model>.md,
-# bench_batch_loss.md, bench_compile.md and results_json.tar.gz (every results.json so far):
-# 8 files, so that a device run that returns at most 8 files brings all of them back.
+#   4. the joint training step under torch.compile (ViT-B/16);
+#   5. the structured denoisers (issue 40): the joint step of $LEVER_MODEL with each of
+#      $STRUCTURES (`lowrank:64` = denoise.structure=lowrank denoise.rank=64; default
+#      "lowrank:64 diagonal"; STRUCTURES="" skips the step), in bench_structure.md, beside the
+#      baseline measured in the same run (last: it runs only where time is left; a layer
+#      narrower than the rank, such as a ViT's 3-channel patch embedding, takes its width).
+# Each step has its own time limit (580 s in all, under a lent machine's 600 s per command)
+# and writes to $OUT as
+# it finishes: progress.txt (environment and a line per step), cuda_tests.txt,
+# bench_<model>.md, bench_batch_loss.md, bench_compile.md, bench_structure.md and
+# results_json.tar.gz (every results.json so far): 9 files.
 # `python3 scripts/bench_summary.py $OUT/results_json.tar.gz` puts every run in one table.
 # Usage (repository root, no install needed): OUT=/some/dir bash scripts/gpu_check.sh
 # A dry run of the script itself on a CPU before spending GPU time (2 min on 2 cores; the CUDA
@@ -31,6 +37,7 @@ DEVICE=${DEVICE:-cuda}
 MODELS=${MODELS:-vit_base_patch16_224 resnet50 swin_tiny_patch4_window7_224}
 LEVER_MODEL=${LEVER_MODEL:-vit_base_patch16_224} # the model of the lever and compile runs
 BATCH=${BATCH:-64}
+STRUCTURES=${STRUCTURES-lowrank:64 diagonal} # structure[:rank] of step 5, space separated
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/progress.txt"; }
@@ -49,7 +56,7 @@ pack_json() { (cd "$WORK" && tar czf - */results.json 2>/dev/null) > "$OUT/resul
 run_step "CUDA tests" 60 "$OUT/cuda_tests.txt" \
     "$PY" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py -k "not cpu"
 for model in $MODELS; do
-    run_step "bench $model" 95 "$OUT/bench_$model.md" \
+    run_step "bench $model" 85 "$OUT/bench_$model.md" \
         "$PY" -m denoiserep bench --output "$WORK/bench_$model" device=$DEVICE bf16=true \
         "models=[$model]" "batch_sizes=[1,$BATCH]" repeats=20 warmup=5 train.batch_size=$BATCH \
         train.steps=10 train.warmup=2 train.profile_top=12 export=false --no-progress
@@ -75,7 +82,28 @@ export PY WORK DEVICE LEVER_MODEL BATCH
 run_step "bench $LEVER_MODEL: batch_loss, D with Adafactor, D·x_t in bf16, unfused AdamW" 125 \
     "$OUT/bench_batch_loss.md" bash -c levers
 pack_json
-run_step "bench $LEVER_MODEL, joint step under torch.compile" 110 "$OUT/bench_compile.md" \
+run_step "bench $LEVER_MODEL, joint step under torch.compile" 80 "$OUT/bench_compile.md" \
     bash -c 'lever "$@"' lever compile "train.phases=[joint]" train.compile=true memory=false
 pack_json
+# structures: the joint step with each structured denoiser (a structure:rank word per lever)
+structures() {
+    local word structure rank
+    for word in $STRUCTURES; do
+        structure=${word%%:*}
+        rank=${word#*:}
+        if [ "$rank" = "$word" ]; then
+            lever "structure_$structure" "train.phases=[joint]" "denoise.structure=$structure"
+        else
+            lever "structure_${structure}_$rank" "train.phases=[joint]" \
+                "denoise.structure=$structure" "denoise.rank=$rank"
+        fi
+    done
+}
+export -f structures
+export STRUCTURES
+if [ -n "$STRUCTURES" ]; then
+    run_step "bench $LEVER_MODEL, structured denoisers: $STRUCTURES" 60 \
+        "$OUT/bench_structure.md" bash -c structures
+    pack_json
+fi
 log "done"

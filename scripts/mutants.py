@@ -39,6 +39,7 @@ SCHEDULE = ["tests/core/test_schedule_closed_form.py"]
 RERANK = ["tests/reid/test_rerank_reference.py"]
 TORCHRUN = ["tests/engine/test_torchrun_phases.py", "-k", "rank_invariant and joint"]
 KILL = ["tests/engine/test_kill_denoiserep.py"]
+STRUCTURED = ["tests/core/test_structured.py"]
 
 
 @dataclass
@@ -222,6 +223,77 @@ MUTANTS = [
         "jaccard = 1.0 - overlap / (2.0 - overlap)",
         "jaccard = 1.0 - overlap",
         RERANK,
+    ),
+    # -- structured denoisers (core/fusion.py Factors, core/closed_form.py; issue 40) ----------
+    Mutant(
+        "structure: U·Vᵀ transposed in the training product",
+        "core/fusion.py",
+        "out = torch.addmm(out, w2 @ U.to(dtype), V.to(dtype).T, alpha=-k_t * s)",
+        "out = torch.addmm(out, w2 @ V.to(dtype), U.to(dtype).T, alpha=-k_t * s)",
+        [*STRUCTURED, "-k", "hypothesis or training_products"],
+    ),
+    Mutant(
+        "structure: U's gradient in the training product transposed",
+        "core/fusion.py",
+        "grad_u = (w2.T @ (g2 @ v)) * (-k_t * s)",
+        "grad_u = (w2.T @ (g2 @ u)) * (-k_t * s)",
+        [*STRUCTURED, "-k", "training_products"],
+    ),
+    Mutant(
+        "structure: U·Vᵀ transposed in the noise regression",
+        "core/fusion.py",
+        "return (x @ self.V) @ self.U.T",
+        "return (x @ self.U) @ self.V.T",
+        [*STRUCTURED, "-k", "training_products"],
+    ),
+    Mutant(
+        "structure: the diagonal dropped from fusion",
+        "core/fusion.py",
+        "D = torch.diag_embed(self.d.unflatten(0, (g, -1)))",
+        "D = torch.diag_embed(self.d.unflatten(0, (g, -1))) * 0",
+        [*STRUCTURED, "-k", "fused_equals_explicit"],
+    ),
+    Mutant(
+        "structure: the group offset of U ignored",
+        "core/fusion.py",
+        "return self.U.unflatten(0, (g, -1)), self.V.unflatten(0, (g, -1))",
+        "return self.U[: self.U.shape[0] // g].expand(g, -1, -1), self.V.unflatten(0, (g, -1))",
+        [*STRUCTURED, "-k", "fused_equals_explicit"],
+    ),
+    Mutant(
+        "structure: eval cache blind to the factors",
+        "core/layer.py",
+        "key += tuple((p._version, p.data_ptr()) for p in ps)",
+        "key += ()",
+        [*STRUCTURED, "-k", "eval_cache"],
+    ),
+    Mutant(
+        "structure: diagonal closed form b / S_jj squared",
+        "core/closed_form.py",
+        "return [(b / diag).reshape(-1)]",
+        "return [(b / diag**2).reshape(-1)]",
+        [*STRUCTURED, "-k", "closed_form"],
+    ),
+    Mutant(
+        "structure: lowrank closed form tries only the top-r directions",
+        "core/closed_form.py",
+        "for k in range(rank + 1):",
+        "for k in range(rank, rank + 1):",
+        [*STRUCTURED, "-k", "sub_family"],
+    ),
+    Mutant(
+        "structure: lowrank closed form c from all eigenvalues",
+        "core/closed_form.py",
+        "c = b * (n - rank) / rest if n > rank else 0.0",
+        "c = b * n / sum(vals)",
+        [*STRUCTURED, "-k", "sub_family"],
+    ),
+    Mutant(
+        "structure: set_phase leaves the factors out",
+        "core/layer.py",
+        'return [p for n, p in self._parameters.items() if n in ("D", "d", "U", "V")]',
+        'return [p for n, p in self._parameters.items() if n in ("D", "d")]',
+        [*STRUCTURED, "-k", "set_phase"],
     ),
     # -- distributed training and crash recovery (engine/) ----------------------------------------
     Mutant(

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import denoiserep as dr
+from denoiserep.core.structure import randomize
 from denoiserep.models.factory import create_model
 
 from .config import BenchConfig
@@ -22,11 +23,8 @@ from .final_feature import FinalFeatureDenoiser
 def randomize_denoisers(model: nn.Module, strength: float, seed: int) -> None:
     """Random denoisers whose reverse step moves each layer's input by about ``strength``."""
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in dr.denoise_layers(model).values():
-            c_in, cg = layer.D.shape
-            noise = torch.randn(c_in, cg, generator=g, dtype=torch.float64)
-            layer.D.copy_(noise * strength / (layer.strength * math.sqrt(cg)))
+    for layer in dr.denoise_layers(model).values():
+        randomize(layer, strength, g)
 
 
 def randomize_final_feature(model: FinalFeatureDenoiser, strength: float, seed: int) -> None:

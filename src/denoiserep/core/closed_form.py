@@ -12,6 +12,15 @@ R(D*) / C = 1 − b² tr(S⁻¹) / C as a mean over elements (what ``dr.denoise_
 label-free phase (the baseline's: the forward runs the original weights), and sets D = D*,
 block by block for grouped convs. It is what label-free training converges to when it
 converges, at the cost of one forward pass over the data.
+
+Structured denoisers (``DenoiseConfig.structure``) get the optimum of their family or of a
+sub-family, per group (:func:`structured_optimum`): ``diagonal`` the per-coordinate optimum
+d_j = b / S_jj; ``lowrank`` D = c·I + Σ_{i∈R} δ_i q_i q_iᵀ over eigenvectors q_i of S
+(eigenvalues s_i), exact along the r directions R that reduce the loss most
+(δ_i = b/s_i − c) and the best scalar c = b (n − r) / Σ_{j∉R} s_j on the rest, stored as
+d = c·1, U = Q_R diag(δ), V = Q_R. Its risk is n − b² Σ_R 1/s_i − b² (n − r)² / Σ_{∉R} s_j;
+for fixed c direction j gains (c s_j − b)² / s_j, so R is the k largest and r − k smallest
+eigenvalues for some k: every k is tried and the best kept.
 """
 
 from __future__ import annotations
@@ -34,9 +43,10 @@ class SecondMoment:
 
     def __init__(self, layer: DenoiseLayer) -> None:
         self.layer, self.tokens = layer, 0
-        c, cg = layer.D.shape
-        self.groups, self.width = c // cg, cg
-        self.sum = torch.zeros(self.groups, cg, cg, dtype=torch.float64, device=layer.D.device)
+        cg = layer.in_channels // layer.groups
+        self.groups, self.width = layer.groups, cg
+        device = layer.base_layer.weight.device
+        self.sum = torch.zeros(self.groups, cg, cg, dtype=torch.float64, device=device)
 
     def add(self, x: torch.Tensor) -> None:
         tokens = self.layer.input_tokens(x.detach()).to(torch.float64)
@@ -102,9 +112,56 @@ def fit_denoisers(
         a, b = layer.noise_coefficients
         eye = torch.eye(acc.width, dtype=torch.float64, device=acc.sum.device)
         s = a * a * acc.sum / acc.tokens + b * b * eye
-        s_inv = torch.cholesky_inverse(torch.linalg.cholesky(s))
-        layer.D.copy_((b * s_inv).reshape_as(layer.D).to(layer.D.dtype))
-        c = layer.D.shape[0]
-        min_loss = 1.0 - b * b * float(s_inv.diagonal(dim1=-2, dim2=-1).sum()) / c
+        if layer.structure == "full":
+            s_inv = torch.cholesky_inverse(torch.linalg.cholesky(s))
+            layer.D.copy_((b * s_inv).reshape_as(layer.D).to(layer.D.dtype))
+            c = layer.in_channels
+            min_loss = 1.0 - b * b * float(s_inv.diagonal(dim1=-2, dim2=-1).sum()) / c
+        else:
+            rank = layer.rank if layer.structure == "lowrank" else 0
+            factors, min_loss = structured_optimum(s, b, rank)
+            for p, value in zip(layer.denoiser_parameters(), factors, strict=True):
+                p.copy_(value.reshape_as(p).to(p.dtype))
         report[name] = {"tokens": acc.tokens, "min_loss": min_loss}
     return report
+
+
+def structured_optimum(s: torch.Tensor, b: float, rank: int) -> tuple[list[torch.Tensor], float]:
+    """The closed-form structured D for S (g, n, n) per group: ``rank`` 0 the diagonal
+    optimum (factors ``[d]``), else the low-rank sub-family's optimum (``[d, U, V]``, rows
+    group by group), and the risk it reaches as a mean over elements (module docstring).
+    """
+    g, n, _ = s.shape
+    if rank == 0:
+        diag = s.diagonal(dim1=-2, dim2=-1)
+        risk = n - b * b * (1.0 / diag).sum(-1)
+        return [(b / diag).reshape(-1)], float((risk / n).mean())
+    evals, evecs = torch.linalg.eigh(s)  # ascending
+    ds, us, vs, total = [], [], [], 0.0
+    for m in range(g):
+        risk, chosen, c = _best_directions(evals[m], b, rank)
+        q = evecs[m][:, chosen]
+        delta = b / evals[m][chosen] - c
+        ds.append(torch.full((n,), c, dtype=s.dtype, device=s.device))
+        us.append(q * delta)
+        vs.append(q)
+        total += risk / n
+    return [torch.cat(ds), torch.cat(us), torch.cat(vs)], total / g
+
+
+def _best_directions(evals: torch.Tensor, b: float, rank: int) -> tuple[float, list[int], float]:
+    """(risk, R, c): the r eigen-directions (ascending ``evals``) whose exact correction lowers
+    the risk most, the k largest and r − k smallest for the best k, and the scalar c."""
+    n = evals.numel()
+    inv = (1.0 / evals).tolist()
+    vals = evals.tolist()
+    best: tuple[float, list[int], float] | None = None
+    for k in range(rank + 1):
+        chosen = list(range(rank - k)) + list(range(n - k, n))
+        rest = sum(vals) - sum(vals[i] for i in chosen)
+        c = b * (n - rank) / rest if n > rank else 0.0
+        risk = n - b * b * sum(inv[i] for i in chosen) - (c * b * (n - rank))
+        if best is None or risk < best[0]:
+            best = (risk, chosen, c)
+    assert best is not None
+    return best

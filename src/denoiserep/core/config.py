@@ -18,6 +18,7 @@ TARGET_KINDS = ("linear", "conv", "all", "main_path")
 SCHEDULES = ("linear", "cosine")
 LOSSES = ("mse", "l1", "l1+l2")
 LOSS_DTYPES = ("float32", "autocast")
+STRUCTURES = ("full", "diagonal", "lowrank")
 
 
 # -- DenoiseConfig ---------------------------------------------------------------------------
@@ -56,6 +57,14 @@ class DenoiseConfig:
             dtype; bf16 matmuls accumulate in float32). Without autocast both are float32.
             In the autocast dtype the product runs on a GPU's tensor cores instead of the
             float32 path; x_t = a x + b eps and the loss stay float32 either way.
+        structure: the form of each denoiser D (per group of a grouped conv): ``"full"`` (a
+            dense ``C_in x C_in/g`` matrix, parameter ``D``: the paper's method),
+            ``"diagonal"`` (D = diag(d), parameter ``d``) or ``"lowrank"``
+            (D = diag(d) + U Vᵀ, parameters ``d``, ``U``, ``V`` with U, V of shape
+            ``C_in x rank``). Every structure fuses exactly into the plain layer; training
+            uses the factors, so its cost scales with ``rank``, not with C_in.
+        rank: r of ``"lowrank"`` (required there, at most every target's C_in/groups; not
+            allowed for the other structures).
 
     Values are converted as YAML gives them: ``loss_weight="1e-3"`` is the number 0.001.
     """
@@ -73,6 +82,8 @@ class DenoiseConfig:
     loss_tokens: int = 0
     batch_loss: bool = False
     loss_dtype: str = "float32"
+    structure: str = "full"
+    rank: int | None = None
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -108,6 +119,21 @@ class DenoiseConfig:
             raise ValueError(f"loss_tokens must be >= 0 (0: no cap), got {self.loss_tokens}")
         if self.loss_dtype not in LOSS_DTYPES:
             raise ValueError(f"loss_dtype must be one of {LOSS_DTYPES}, got {self.loss_dtype!r}")
+        self._check_structure()
+
+    def _check_structure(self) -> None:
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        if self.structure == "lowrank":
+            if self.rank is None or isinstance(self.rank, bool) or self.rank < 1:
+                raise ValueError(
+                    f"structure 'lowrank' needs rank >= 1 (denoise.rank), got {self.rank!r}"
+                )
+        elif self.rank is not None:
+            raise ValueError(
+                f"rank is only for structure 'lowrank', got rank={self.rank!r} with "
+                f"structure {self.structure!r}"
+            )
 
     def build_schedule(self) -> NoiseSchedule:
         """The noise schedule this config describes."""

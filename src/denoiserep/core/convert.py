@@ -17,15 +17,11 @@ from denoiserep.util.forward import call, modes_restored
 from denoiserep.util.modules import unwrap
 
 from .config import DenoiseConfig
-from .layer import (
-    PHASES,
-    SUPPORTED_TYPES,
-    DenoiseLayer,
-    is_supported,
-    unsupported_reason,
-)
+from .layer import PHASES, DenoiseLayer
 from .main_path import main_path
 from .objective import compute_pending_losses
+from .structure import warn_capped_ranks
+from .support import SUPPORTED_TYPES, is_supported, unsupported_reason
 
 _STATE = "_denoiserep"
 _KIND_TYPES = {
@@ -258,6 +254,8 @@ def convert(
             f"{len(too_late)} layer(s) get a timestep outside 1..{config.timesteps} "
             f"(e.g. {next(iter(too_late.items()))}): raise timesteps or lower timestep_stride"
         )
+    if config.structure == "lowrank":  # C_in / groups of each layer
+        warn_capped_ranks(config.rank, {n: m.weight.shape[1] for n, m in targets.items()})
     schedule = config.build_schedule()
     shared_draws: dict | None = {} if config.batch_loss else None  # one per model
     for name, module in targets.items():
@@ -271,6 +269,8 @@ def convert(
             config.loss_tokens,
             config.batch_loss,
             config.loss_dtype,
+            config.structure,
+            config.rank,
         )
         layer.shared_draws = shared_draws
         _replace(model, module, layer)
@@ -317,8 +317,9 @@ def set_phase(model: nn.Module, phase: str) -> None:
     denoisers = set()
     for layer in _layers(root):
         layer.phase = phase
-        layer.D.requires_grad_(phase != "backbone")
-        denoisers.add(id(layer.D))
+        for p in layer.denoiser_parameters():
+            p.requires_grad_(phase != "backbone")
+            denoisers.add(id(p))
     for name, p in root.named_parameters():
         if id(p) not in denoisers:
             p.requires_grad_(phase != "denoiser" and name not in state.frozen)
@@ -331,8 +332,9 @@ def get_phase(model: nn.Module) -> str:
 
 
 def denoiser_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The denoisers' parameters (D of every layer), e.g. for their own optimizer group."""
-    return [layer.D for layer in _layers(model)]
+    """The denoisers' parameters (every layer's ``D``, or its structure's ``d``, ``U``,
+    ``V``), e.g. for their own optimizer group."""
+    return [p for layer in _layers(model) for p in layer.denoiser_parameters()]
 
 
 def denoise_losses(model: nn.Module) -> dict[str, torch.Tensor]:

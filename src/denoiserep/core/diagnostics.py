@@ -17,6 +17,7 @@ from torch import nn
 from denoiserep.util.forward import modes_restored
 
 from .convert import denoise_layers, unwrap
+from .structure import STRUCTURE_PARAMETERS
 
 
 @contextlib.contextmanager
@@ -114,12 +115,17 @@ def fused_vs_unfused(
 
 @torch.no_grad()
 def change_from_baseline(converted: nn.Module, baseline: nn.Module) -> float:
-    """max |converted - baseline| over the baseline's float weights and buffers (D excluded).
+    """max |converted - baseline| over the baseline's float weights and buffers (the
+    denoisers' parameters excluded).
 
     Zero after label-free training: the backbone, normalisation statistics and heads are frozen.
     """
     reference = unwrap(baseline).state_dict()
-    denoisers = {f"{name}.D" for name in denoise_layers(converted)}
+    denoisers = {
+        f"{name}.{p}"
+        for name, layer in denoise_layers(converted).items()
+        for p in STRUCTURE_PARAMETERS[layer.structure]
+    }
     change = 0.0
     for name, value in unwrap(converted).state_dict().items():
         if name in denoisers or not value.is_floating_point():

@@ -12,6 +12,7 @@ Two products of W and A_t: :func:`fuse_weight` (the export, float64, exact) and
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -176,3 +177,134 @@ def train_fused_weight(
     dtype = dtype or weight.dtype
     with torch.autocast(weight.device.type, enabled=False):
         return _TrainFusedWeight.apply(weight, D, float(k_t), float(inv_sqrt_alpha), groups, dtype)
+
+
+# -- structured denoisers (DenoiseConfig.structure "diagonal" / "lowrank") ----------------------
+class Factors(NamedTuple):
+    """A structured denoiser: per channel group m, D_m = diag(d_m) + U_m V_mᵀ, where d_m, U_m and
+    V_m are rows ``m*cg .. (m+1)*cg`` of ``d`` (C,), ``U`` and ``V`` (C, r); U = V = None for a
+    diagonal D. Products with it cost O(C·r), never O(C²)."""
+
+    d: torch.Tensor
+    U: torch.Tensor | None
+    V: torch.Tensor | None
+    groups: int
+
+    def to(self, dtype: torch.dtype) -> Factors:
+        """The factors in ``dtype`` (differentiable casts)."""
+        cast = [None if t is None else t.to(dtype) for t in (self.d, self.U, self.V)]
+        return Factors(*cast, self.groups)
+
+    def _grouped(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """U and V as (g, cg, r)."""
+        g = self.groups
+        return self.U.unflatten(0, (g, -1)), self.V.unflatten(0, (g, -1))
+
+    def dense(self) -> torch.Tensor:
+        """D in the compact grouped layout (C, C/g), materialised and differentiable."""
+        g = self.groups
+        D = torch.diag_embed(self.d.unflatten(0, (g, -1)))
+        if self.U is not None:
+            u, v = self._grouped()
+            D = D + u @ v.transpose(1, 2)
+        return D.flatten(0, 1)
+
+    def low_rank_term(self, x: torch.Tensor) -> torch.Tensor:
+        """(x V) Uᵀ per group, on the last dimension of ``x``."""
+        if self.groups == 1:
+            return (x @ self.V) @ self.U.T
+        u, v = self._grouped()
+        xg = x.unflatten(-1, (self.groups, -1))
+        xv = torch.einsum("...gi,gir->...gr", xg, v)
+        return torch.einsum("...gr,gjr->...gj", xv, u).flatten(-2)
+
+    def apply(self, x: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+        """D·x = d ⊙ x + (x V) Uᵀ along ``channel_dim`` (the noise prediction)."""
+        x = x.movedim(channel_dim, -1)
+        y = x * self.d
+        if self.U is not None:
+            y = y + self.low_rank_term(x)
+        return y.movedim(-1, channel_dim)
+
+    def reverse_step(
+        self, x: torch.Tensor, k_t: float, inv_sqrt_alpha: float, channel_dim: int = -1
+    ) -> torch.Tensor:
+        """A_t·x = s (x − k (d ⊙ x + (x V) Uᵀ)) along ``channel_dim``, s = 1/sqrt(alpha_t)."""
+        x = x.movedim(channel_dim, -1)
+        y = x * ((1.0 - k_t * self.d) * inv_sqrt_alpha)
+        if self.U is not None:
+            y = y - self.low_rank_term(x) * (k_t * inv_sqrt_alpha)
+        return y.movedim(-1, channel_dim)
+
+
+class _StructuredFusedWeight(torch.autograd.Function):
+    """W' = W·diag(s (1 − k d)) − s k (W U) Vᵀ for an ungrouped weight, on its (C_out·taps, C_in)
+    rows; backward from W and the factors alone (W U recomputed), so that autograd keeps no
+    product alive, as :class:`_TrainFusedWeight` does for a full D. No in-place updates."""
+
+    @staticmethod
+    def forward(ctx, weight, d, U, V, k_t, s, dtype):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight, d, U, V)
+        ctx.coeffs = (k_t, s, dtype)
+        w2 = _rows(weight, dtype)
+        out = w2 * ((1.0 - k_t * d.to(dtype)) * s)
+        if U is not None:
+            out = torch.addmm(out, w2 @ U.to(dtype), V.to(dtype).T, alpha=-k_t * s)
+        return _unrows(out, weight)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weight, d, U, V = ctx.saved_tensors
+        k_t, s, _ = ctx.coeffs
+        dt = grad.dtype
+        g2, w2 = _rows(grad, dt), _rows(weight, dt)
+        u = v = None
+        if U is not None:
+            u, v = U.to(dt), V.to(dt)
+        grad_w = grad_d = grad_u = grad_v = None
+        if ctx.needs_input_grad[0]:  # G diag(s (1 − k d)) − s k (G V) Uᵀ
+            grad_w = g2 * ((1.0 - k_t * d.to(dt)) * s)
+            if U is not None:
+                grad_w = torch.addmm(grad_w, g2 @ v, u.T, alpha=-k_t * s)
+            grad_w = _unrows(grad_w, weight)
+        if ctx.needs_input_grad[1]:  # −s k Σ_rows G ⊙ W
+            grad_d = (g2 * w2).sum(0) * (-k_t * s)
+        if U is not None and ctx.needs_input_grad[2]:  # −s k Wᵀ (G V)
+            grad_u = (w2.T @ (g2 @ v)) * (-k_t * s)
+        if U is not None and ctx.needs_input_grad[3]:  # −s k Gᵀ (W U)
+            grad_v = (g2.T @ (w2 @ u)) * (-k_t * s)
+        cast = [
+            None if g is None else g.to(p.dtype) for g, p in ((grad_d, d), (grad_u, U), (grad_v, V))
+        ]
+        return grad_w, *cast, None, None, None
+
+
+def structured_train_weight(
+    weight: torch.Tensor,
+    factors: Factors,
+    k_t: float,
+    inv_sqrt_alpha: float,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """W A_t = s (W − k (W·diag(d) + (W U) Vᵀ)) per group, differentiable in W and the
+    factors, computed in ``dtype`` (default: the weight's) with the weight's strides: the
+    structured counterpart of :func:`train_fused_weight`, costing C_out·taps·C_in·r instead of
+    C_out·taps·C_in²."""
+    dtype = dtype or weight.dtype
+    s, k = float(inv_sqrt_alpha), float(k_t)
+    with torch.autocast(weight.device.type, enabled=False):
+        f = factors.to(dtype)
+        scale = (1.0 - k * f.d) * s  # (C,)
+        if f.groups == 1:
+            return _StructuredFusedWeight.apply(
+                weight, factors.d, factors.U, factors.V, k, s, dtype
+            )
+        g = f.groups
+        c_out, cg = weight.shape[:2]
+        w = weight.to(dtype).reshape(g, c_out // g, cg, -1)
+        out = w * scale.reshape(g, 1, cg, 1)
+        if f.U is not None:
+            u, v = f._grouped()
+            wu = torch.einsum("gojk,gjr->gork", w, u)
+            out = out - torch.einsum("gork,gir->goik", wu, v) * (k * s)
+        return _in_weight_layout(out.reshape(weight.shape), weight)

@@ -8,33 +8,21 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .fusion import apply_channel_map, fuse_weight, reverse_step_matrix, train_fused_weight
+from .fusion import (
+    Factors,
+    apply_channel_map,
+    fuse_weight,
+    reverse_step_matrix,
+    structured_train_weight,
+    train_fused_weight,
+)
 from .objective import predict_noise, score
 from .schedule import NoiseSchedule
+from .structure import layer_rank, make_denoiser
+from .support import is_supported, recomputing_in_backward
 
 PHASES = ("denoiser", "backbone", "joint")
-SUPPORTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BASE_FORWARDS = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
-
-
-def unsupported_reason(module: nn.Module) -> str | None:
-    """Why a Linear / Conv1-3d cannot be denoised with an exact fusion (None: it can)."""
-    if type(module).forward not in _BASE_FORWARDS:
-        return "whose class overrides forward (fusion would not be exact)"
-    if parametrize.is_parametrized(module, "weight"):
-        return (
-            "whose weight is parametrized (weight_norm, spectral_norm, ...: fusion cannot write "
-            "W·A_t through it; torch.nn.utils.parametrize.remove_parametrizations first)"
-        )
-    return None
-
-
-def is_supported(module: nn.Module) -> bool:
-    """True for Linear / Conv1-3d and subclasses that keep the base class's forward and a plain
-    weight."""
-    return isinstance(module, SUPPORTED_TYPES) and unsupported_reason(module) is None
 
 
 class DenoiseLayer(nn.Module):
@@ -64,17 +52,21 @@ class DenoiseLayer(nn.Module):
         loss_tokens: int = 0,
         batch_loss: bool = False,
         loss_dtype: str = "float32",
+        structure: str = "full",
+        rank: int | None = None,
     ) -> None:
         super().__init__()
         if not is_supported(base_layer):
             raise TypeError(f"{name or type(base_layer).__name__}: cannot wrap {base_layer!r}")
         self.base_layer = base_layer
         self.groups = getattr(base_layer, "groups", 1)
-        c_in = base_layer.weight.shape[1] * self.groups
-        w = base_layer.weight
-        self.D = nn.Parameter(
-            torch.zeros(c_in, c_in // self.groups, dtype=w.dtype, device=w.device)
-        )
+        self.in_channels = c_in = base_layer.weight.shape[1] * self.groups
+        self.structure = structure
+        self.rank = rank = layer_rank(structure, rank, c_in, self.groups)
+        for pname, p in make_denoiser(
+            name, structure, rank, c_in, self.groups, base_layer.weight
+        ).items():
+            self.register_parameter(pname, p)
         self.schedule = schedule
         self.name = name
         self.loss = loss
@@ -82,9 +74,7 @@ class DenoiseLayer(nn.Module):
         self.loss_tokens = loss_tokens
         self.batch_loss = batch_loss
         self.loss_dtype = loss_dtype
-        self.precision: dict[
-            str, torch.dtype
-        ] = {}  # dtype of each product in the last training forward
+        self.precision: dict[str, torch.dtype] = {}  # each product's dtype, last training forward
         self.phase = "joint"
         self.explicit = False
         self.last_loss: torch.Tensor | None = None
@@ -118,12 +108,10 @@ class DenoiseLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight the layer computes with, for code that reads it instead of calling the
-        layer: in training the base layer's W (its dtype and shape, e.g. for transformers' ViT,
-        which casts its input to the patch projection's dtype); in eval the fused W A_t, so that
-        such code computes what the fused model does (``nn.TransformerEncoderLayer``'s inference
-        fast path multiplies by ``linear1.weight`` itself; also under ``explicit_denoising``,
-        which only this layer's own forward can apply)."""
+        """The weight for code that reads it instead of calling the layer: in training the
+        base layer's W (e.g. transformers' ViT casts its input to the patch projection's
+        dtype); in eval the fused W A_t, what the fused model computes with
+        (``nn.TransformerEncoderLayer``'s inference fast path reads ``linear1.weight``)."""
         return self.base_layer.weight if self.training else self._exact_fused_weight()
 
     @property
@@ -136,9 +124,33 @@ class DenoiseLayer(nn.Module):
     def channel_dim(self) -> int:
         return -1 if isinstance(self.base_layer, nn.Linear) else 1
 
+    @property
+    def D(self) -> torch.Tensor:
+        """D as the dense compact (C_in, C_in/g) matrix: for ``full`` the parameter itself,
+        else materialised from the factors (differentiable; for diagnostics and spectra)."""
+        if "d" in self._parameters:
+            return self.denoiser.dense()
+        if "D" not in self._parameters:
+            raise AttributeError("D")  # not registered yet (register_parameter asks)
+        return self._parameters["D"]
+
+    @property
+    def denoiser(self) -> torch.Tensor | Factors:
+        """What the products use: the parameter D (``full``) or the :class:`Factors`."""
+        params = self._parameters
+        if "D" in params:
+            return params["D"]
+        return Factors(params["d"], params.get("U"), params.get("V"), self.groups)
+
+    def denoiser_parameters(self) -> list[nn.Parameter]:
+        """The structure's parameters (``D``; ``d``; ``d``, ``U``, ``V``)."""
+        return [p for n, p in self._parameters.items() if n in ("D", "d", "U", "V")]
+
     def reverse_matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """A_t = (I - k_t D) / sqrt(alpha_t) in the compact grouped layout."""
-        D = self.D if dtype is None else self.D.to(dtype)
+        """A_t = (I - k_t D) / sqrt(alpha_t) in the compact grouped layout (a structured D
+        materialised in ``dtype`` from the factors cast to it)."""
+        den = self.denoiser if dtype is None else self.denoiser.to(dtype)
+        D = den.dense() if isinstance(den, Factors) else den
         return reverse_step_matrix(D, self._k, self._inv_sqrt_alpha)
 
     def fused_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -153,8 +165,9 @@ class DenoiseLayer(nn.Module):
         """The export weight (float64 product), cached while W and D are unchanged and no grad."""
         if torch.is_grad_enabled():
             return self.fused_weight(torch.float64)
-        w, D = self.base_layer.weight, self.D
-        key = (w._version, D._version, w.data_ptr(), D.data_ptr(), w.dtype, self._t)
+        w, ps = self.base_layer.weight, self.denoiser_parameters()
+        key = (w._version, w.data_ptr(), w.dtype, self._t)
+        key += tuple((p._version, p.data_ptr()) for p in ps)
         if self._eval_cache is None or self._eval_cache[0] != key:
             self._eval_cache = (key, self.fused_weight(torch.float64))
         return self._eval_cache[1]
@@ -173,7 +186,7 @@ class DenoiseLayer(nn.Module):
     def input_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """All of the input's tokens as a (tokens, C_in) matrix: a Linear's rows, a conv's
         channel vector at every pixel of every image (what D acts on)."""
-        c = self.D.shape[0]
+        c = self.in_channels
         if isinstance(self.base_layer, nn.Linear):
             return x.reshape(-1, c)
         if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
@@ -183,7 +196,7 @@ class DenoiseLayer(nn.Module):
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as a (tokens, C_in) matrix, subsampled (uniformly, with
         replacement) to :meth:`loss_token_count` rows."""
-        c = self.D.shape[0]
+        c = self.in_channels
         if isinstance(self.base_layer, nn.Linear):
             flat = x.reshape(-1, c)
             m = self.loss_token_count(flat.shape[0])
@@ -233,7 +246,7 @@ class DenoiseLayer(nn.Module):
             return a * x0 + b * eps, eps
 
     def _score_noised(self, xt: torch.Tensor, eps: torch.Tensor, low: bool) -> torch.Tensor:
-        pred = predict_noise(xt, self.D, low)
+        pred = predict_noise(xt, self.denoiser, low)
         self.precision["D·x_t"] = pred.dtype
         with torch.autocast(xt.device.type, enabled=False):
             return score(pred.float(), eps, self.loss)
@@ -275,14 +288,17 @@ class DenoiseLayer(nn.Module):
         if w.dtype == torch.float32 and torch.is_autocast_enabled(w.device.type):
             dtype = torch.get_autocast_dtype(w.device.type)
         self.precision["W·A_t"] = dtype
-        return train_fused_weight(w, self.D, self._k, self._inv_sqrt_alpha, self.groups, dtype)
+        den, k, s = self.denoiser, self._k, self._inv_sqrt_alpha
+        if isinstance(den, Factors):
+            return structured_train_weight(w, den, k, s, dtype)
+        return train_fused_weight(w, den, k, s, self.groups, dtype)
 
     def explicit_is_cheaper(self, x: torch.Tensor) -> bool:
         """Whether A_t x (tokens x C_in x C_in/g multiply-adds) costs less than W A_t
         (C_out x k x C_in x C_in/g): for layers that see fewer tokens than C_out x k / g, e.g.
         a classifier head or the late 7 x 7 stages of a CNN at small batches."""
         w = self.base_layer.weight
-        tokens = x.numel() // self.D.shape[0]
+        tokens = x.numel() // self.in_channels
         return tokens * self.groups < w.shape[0] * math.prod(w.shape[2:])
 
     def train_denoise_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,6 +306,10 @@ class DenoiseLayer(nn.Module):
         and D; it runs as a GEMM (Linear: one ``addmm``, the scale and x riding in it) or a 1x1
         grouped conv, so it follows autocast like the layer does."""
         s, k = self._inv_sqrt_alpha, self._k
+        if isinstance(self.denoiser, Factors):  # s x ⊙ (1 - k d) - s k (x V) U^T
+            out = self.denoiser.reverse_step(x, k, s, self.channel_dim)
+            self.precision["A_t·x"] = out.dtype
+            return out
         if isinstance(self.base_layer, nn.Linear):  # s x - s k x D^T
             x2 = x.reshape(-1, x.shape[-1])
             out = torch.addmm(x2, x2, self.D.T, beta=s, alpha=-k * s).reshape(x.shape)
@@ -344,7 +364,7 @@ class DenoiseLayer(nn.Module):
         if self.batch_loss:
             if not recomputing:
                 self._pending = self._tokens(x.detach())
-        elif not recomputing and not torch.is_grad_enabled() and self.D.requires_grad:
+        elif not recomputing and not torch.is_grad_enabled() and self.trains_denoiser:
             low = self.in_autocast_dtype(x.device)
             dtype = torch.get_autocast_dtype(x.device.type) if low else None
             self._deferred = (*self._noised(x), dtype)
@@ -352,6 +372,11 @@ class DenoiseLayer(nn.Module):
             loss = self.noise_prediction_loss(x)
             if not recomputing:
                 self.last_loss = loss
+
+    @property
+    def trains_denoiser(self) -> bool:
+        """Whether any of the denoiser's parameters requires a gradient."""
+        return any(p.requires_grad for p in self.denoiser_parameters())
 
     def to_fused(self) -> nn.Module:
         """A new plain copy of the base layer with the denoising folded into its weight."""
@@ -369,12 +394,6 @@ class DenoiseLayer(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"t={self._t}, k_t={self._k:.4g}, phase={self.phase}, D={tuple(self.D.shape)}"
-
-
-def recomputing_in_backward() -> bool:
-    """Whether this forward runs inside a backward pass, as activation checkpointing
-    (``torch.utils.checkpoint``) recomputes a block. Not asked while ``torch.compile`` traces."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._current_graph_task_id() != -1
+        shape = tuple(self.D.shape) if self.structure == "full" else self.structure
+        rank = f", rank={self.rank}" if self.structure == "lowrank" else ""
+        return f"t={self._t}, k_t={self._k:.4g}, phase={self.phase}, D={shape}{rank}"

@@ -14,14 +14,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .fusion import apply_channel_map
+from .fusion import Factors, apply_channel_map
 
 
 class PendingLayer(Protocol):
     """What :func:`compute_pending_losses` reads and sets on a layer
     (:class:`~denoiserep.core.layer.DenoiseLayer` is one)."""
 
-    D: torch.Tensor
+    denoiser: torch.Tensor | Factors
     loss: str
     loss_dtype: str
     last_loss: torch.Tensor | None
@@ -95,7 +95,7 @@ def compute_pending_losses(layers: Iterable[PendingLayer]) -> None:
             xt.mul_(a).addcmul_(b, eps)  # x_t = a x_0 + b eps, in place: no group-sized temporaries
         # D·x_t per layer: stacking the D's for one bmm would copy them and their gradients
         maps = zip(xt.unbind(), group, strict=True)
-        pred = torch.stack([predict_noise(x, m.D, low) for x, m in maps])
+        pred = torch.stack([predict_noise(x, m.denoiser, low) for x, m in maps])
         with torch.autocast(device.type, enabled=False):
             losses = score(pred.float(), eps, kind, dim=(1, 2))
         for layer, loss in zip(group, losses.unbind(), strict=True):
@@ -103,10 +103,18 @@ def compute_pending_losses(layers: Iterable[PendingLayer]) -> None:
             layer.precision["D·x_t"] = pred.dtype
 
 
-def predict_noise(xt: torch.Tensor, D: torch.Tensor, low: bool) -> torch.Tensor:
+def predict_noise(xt: torch.Tensor, D: torch.Tensor | Factors, low: bool) -> torch.Tensor:
     """D·x_t on the last dimension of ``xt``: with ``low`` a GEMM in the current autocast
     dtype (called under autocast; float32 accumulation), else in float32 with autocast off.
-    The result is in the dtype the product ran in."""
+    The result is in the dtype the product ran in. A structured D (:class:`Factors`) computes
+    d ⊙ x_t + (x_t V) Uᵀ, never the dense matrix."""
+    if isinstance(D, Factors):
+        if low:
+            dtype = torch.get_autocast_dtype(xt.device.type)
+            with torch.autocast(xt.device.type, enabled=False):
+                return D.to(dtype).apply(xt.to(dtype))
+        with torch.autocast(xt.device.type, enabled=False):
+            return D.to(torch.float32).apply(xt.float())
     if low:
         return apply_channel_map(xt, D)
     with torch.autocast(xt.device.type, enabled=False):

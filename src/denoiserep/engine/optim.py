@@ -5,7 +5,9 @@ layer, often more than the backbone (ViT-S: 33.8 M against 22.1 M), so AdamW's t
 on D are most of what DenoiseRep adds to training memory. ``"adafactor"`` trains D with timm's
 Adafactor (factored second moment, no first moment: a C_in + C_in state per layer instead of
 2·C_in²; layers of 16 channels or fewer keep a full second moment), stepped together with
-the backbone's optimizer as one :class:`OptimizerChain`.
+the backbone's optimizer as one :class:`OptimizerChain`. Structured denoisers
+(``DenoiseConfig.structure``) work too: U and V are factored like D, and the 1-D diagonal ``d``
+gets Adafactor's unfactored second moment (a vector like ``d``), no first moment.
 """
 
 from __future__ import annotations
