@@ -23,6 +23,7 @@ COMMAND_OF = {
     "digits_demo": "classify",
     "probe_digits": "probe",
     "memory": "memory",
+    "adapt_fashion": "adapt",
     "fashion_vit": "classify",
     "fashion_resnet": "classify",
     "fashion_vmamba": "classify",

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"robustness"},
     {"engine"},
     {"tasks"},
-    {"classification", "reid", "dense", "bench", "probe"},
+    {"classification", "reid", "dense", "bench", "probe", "adaptation"},
     {"cli", "docgen", "__main__"},
 ]
 #: Packages of one layer that must not import each other (no task builds on another).

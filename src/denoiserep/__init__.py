@@ -7,6 +7,7 @@ loss = task_loss + cfg.loss_weight * dr.denoise_loss(model)
 plain = dr.fuse(model)
 """
 
+from .core.adapt import adapt
 from .core.closed_form import fit_denoisers
 from .core.config import DenoiseConfig
 from .core.convert import (
@@ -41,6 +42,7 @@ __all__ = [
     "DenoiseConfig",
     "DenoiseLayer",
     "NoiseSchedule",
+    "adapt",
     "apply_channel_map",
     "change_from_baseline",
     "config_of",

@@ -94,8 +94,11 @@ def _entry_points(monkeypatch, tmp_path, value: str, source: str | None = PLUGIN
 
 
 @pytest.fixture
-def clean_plugins():
+def clean_plugins(monkeypatch):
+    """Read the real entry points again once the test's fake ones are gone (undoing the patch
+    first: a reload before it would cache the fake plug-in for later tests in the process)."""
     yield
+    monkeypatch.undo()
     registry.plugins(reload=True)
 
 

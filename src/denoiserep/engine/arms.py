@@ -37,10 +37,11 @@ from denoiserep.core.spectrum import denoiser_spectrum
 from denoiserep.engine.latency import measure_latency
 from denoiserep.models.factory import num_parameters
 from denoiserep.models.grad_checkpointing import enable_grad_checkpointing
+from denoiserep.models.weights import load_plain_state
 from denoiserep.robustness.corruptions import CorruptedDataset
 from denoiserep.robustness.evaluate import RobustnessConfig, evaluate_robustness
 from denoiserep.robustness.summary import summarize_robustness
-from denoiserep.util.state_dict import load_state_checked
+from denoiserep.util.state_dict import load_state_checked, read_weights
 
 from . import dist
 from .config import check_arms_trained, check_eval_batch, check_seeds, check_training_plan, to_dict
@@ -85,8 +86,17 @@ class ArmsConfig:
             raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
 
 
-def load_baseline_weights(model: nn.Module, path: str) -> None:
-    """Load an earlier run's baseline (safetensors or torch file) with a one-line error."""
+def load_baseline_weights(model: nn.Module, path: str, reinit_head: bool = False) -> None:
+    """Load an earlier run's baseline (safetensors or torch file) with a one-line error.
+
+    With ``reinit_head`` (label-free use of weights trained on another class or identity
+    set) a classifier head of another size is left freshly initialised and one logged line
+    says so (as ``model.checkpoint`` does); every other key must still match. Without it a
+    head of another size is refused, as any other mismatch is.
+    """
+    if reinit_head:
+        load_plain_state(dr.unwrap(model), read_weights(path), source=path)
+        return
     load_state_checked(model, path)
 
 

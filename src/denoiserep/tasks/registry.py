@@ -83,6 +83,11 @@ BUILTIN: dict[str, TaskInfo] = {
         "linear-probe accuracy of a frozen (fused) backbone",
         "probe_digits.yaml",
     ),
+    "adapt": TaskInfo(
+        "denoiserep.adaptation.task:TASK",
+        "label-free adaptation to a corrupted domain: DenoiseRep vs BN adaptation and TENT",
+        "adapt_fashion.yaml",
+    ),
 }
 
 _registered: dict[str, Task] = {}  # register_task
