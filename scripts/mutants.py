@@ -299,8 +299,8 @@ MUTANTS = [
     Mutant(
         "no DistributedDataParallel (ranks train apart)",
         "engine/loop.py",
-        "runner = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else model",
-        "runner = model",
+        "self.ddp = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else None",
+        "self.ddp = None",
         TORCHRUN,
     ),
     Mutant(

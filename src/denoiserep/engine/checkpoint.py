@@ -4,19 +4,24 @@ A checkpoint folder holds ``model.safetensors`` (the model as trained: converted
 ``denoiserep.yaml`` for converted models, and ``state.pt`` (optimizer, scheduler, epoch,
 step, RNG states, history, config: tensors, numbers, strings and containers only, read back
 with ``torch.load(weights_only=True)`` so that a planted file cannot run code; one that needs
-more is refused, naming it). ``latest`` names the newest checkpoint written. The last
-two checkpoints are kept; a run resumes from the newest one that reads, and a checkpoint that
-cannot be read (truncated, corrupt) is skipped with a one-line warning naming it.
+more is refused, naming it). A ``strategy=fsdp`` run writes ``shards/`` instead of the model
+files (:func:`save_sharded_state`) and no optimizer in ``state.pt``. ``latest`` names the
+newest checkpoint written. The last two checkpoints are kept; a run resumes from the newest
+one that reads, and a checkpoint that cannot be read (truncated, corrupt) is skipped with a
+one-line warning naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
 import re
 import shutil
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ import denoiserep as dr
 from denoiserep.util.errors import first_line
 from denoiserep.util.state_dict import load_state_checked, read_weights
 
-from .dist import is_main
+from .dist import barrier, is_main
 from .optim import load_optimizer_state
 from .runs import note_started
 
@@ -39,12 +44,16 @@ __all__ = [
     "UntrustedCheckpoint",
     "latest_checkpoint",
     "load_state_checked",
+    "is_sharded_checkpoint",
+    "load_sharded_state",
     "load_training_state",
     "read_weights",
+    "save_sharded_state",
     "save_training_state",
 ]
 
 LATEST = "latest"
+SHARDS = "shards"  # a sharded run's model and optimizer (torch.distributed.checkpoint)
 KEEP = 2
 _verified: dict[str, Any] = {}  # the state.pt read while checking it, for load_training_state
 
@@ -103,10 +112,16 @@ def save_training_state(
         message = _write_failure(final, e)  # free space measured before the cleanup
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(message) from None
+    return _publish(directory, tmp, final, keep)
+
+
+def _publish(directory: Path, tmp: Path, final: Path, keep: int) -> Path:
+    """Rename the written ``tmp`` to ``final``, point ``latest`` at it, keep ``keep``."""
+    step = _step(final)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     pointer = directory / f".{LATEST}.tmp"
-    pointer.write_text(name)
+    pointer.write_text(final.name)
     os.replace(pointer, directory / LATEST)
     others = [p for p in _checkpoints(directory) if p != final]
     older = [p for p in others if _step(p) < step]
@@ -115,6 +130,77 @@ def save_training_state(
         shutil.rmtree(path, ignore_errors=True)
     note_started(directory)  # a run with a checkpoint has started: its folder is claimed
     return final
+
+
+def save_sharded_state(
+    directory: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int = KEEP,
+) -> Path:
+    """``strategy=fsdp``: every rank calls it. Model and optimizer go through
+    ``torch.distributed.checkpoint`` into ``<checkpoint>/shards`` (each rank writes its own
+    shards; the files are laid out by parameter name, so any number of processes reads them
+    back); rank 0 writes ``state.pt`` (no optimizer in it) and publishes the folder."""
+    from torch.distributed.checkpoint import save
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    directory = Path(directory)
+    final = directory / f"step-{int(state['global_step']):08d}"
+    tmp = directory / f".{final.name}.tmp"
+    if is_main():
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(".step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with _one_process_is_fine():
+        save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))
+    if is_main():
+        payload = dict(state, optimizer=None, rng=_rng_state())
+        payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+        torch.save(payload, tmp / "state.pt")
+        _publish(directory, tmp, final, keep)
+    barrier()
+    return final
+
+
+@contextlib.contextmanager
+def _one_process_is_fine() -> Iterator[None]:
+    """Silence torch.distributed.checkpoint's note that it runs without a process group (a
+    ``strategy=fsdp`` run on one process: it trains as ``ddp``, and says so once)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether checkpoint ``path`` was written by :func:`save_sharded_state`."""
+    return (Path(path) / SHARDS).is_dir()
+
+
+def load_sharded_state(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Every rank: restore what :func:`save_sharded_state` wrote into ``model`` (sharded or
+    plain, on any number of processes) and ``optimizer``; return the training state."""
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = Path(path)
+    state = _read_state(path)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    both = {"model": model_state, "optim": optim_state}
+    with _one_process_is_fine():
+        load(both, checkpoint_id=str(path / SHARDS))
+    set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state
 
 
 class UntrustedCheckpoint(ValueError):
@@ -192,12 +278,17 @@ def _stamp(file: Path) -> tuple[int, int]:
 
 def _problem(path: Path) -> str | None:
     """Why checkpoint ``path`` cannot be resumed from, or None if it reads."""
-    for name in ("model.safetensors", "state.pt"):
+    if is_sharded_checkpoint(path):  # torch.distributed.checkpoint writes .metadata last
+        names: tuple[str, ...] = (f"{SHARDS}/.metadata", "state.pt")
+    else:
+        names = ("model.safetensors", "state.pt")
+    for name in names:
         if not (path / name).is_file():
             return f"{name} is missing"
     try:
-        with safe_open(str(path / "model.safetensors"), "pt"):
-            pass
+        if not is_sharded_checkpoint(path):
+            with safe_open(str(path / "model.safetensors"), "pt"):
+                pass
     except Exception as e:  # noqa: BLE001
         return f"model.safetensors: {first_line(e)}"
     meta = path / "denoiserep.yaml"

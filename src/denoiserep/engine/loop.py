@@ -24,8 +24,15 @@ from denoiserep.models.grad_checkpointing import (
     enable_grad_checkpointing,
 )
 
-from . import dist, stages
-from .checkpoint import latest_checkpoint, load_training_state, save_training_state
+from . import dist, sharding, stages
+from .checkpoint import (
+    is_sharded_checkpoint,
+    latest_checkpoint,
+    load_sharded_state,
+    load_training_state,
+    save_sharded_state,
+    save_training_state,
+)
 from .hooks import HookList, TrainerHook
 from .phases import phase_for_epoch
 from .stages import TrainStep, augment_batch, mix_seed, plain_forward
@@ -75,11 +82,13 @@ class Trainer:
         self.rows, self.optimizer, self.scheduler, self.steps_per_epoch = None, None, None, 0
         self.micro_rows: list = [None]  # each micro-batch's rows of the global batch
         self.ddp: nn.parallel.DistributedDataParallel | None = None  # for no_sync
+        self.sharded: dict | None = None  # under fsdp: what sharding.unshard_model undoes
 
     def fit(self) -> list[dict[str, Any]]:
         """Run every stage; return the per-epoch history."""
         self.prepare_model()
         self.build_loader()
+        self.shard_model()
         self.build_optimization()
         self.restore_or_initialise()
         self.announce_batch()
@@ -93,6 +102,9 @@ class Trainer:
             raise
         finally:
             self.hooks.on_fit_end(self, error)
+        if self.sharded is not None:  # the caller gets a plain module with full parameters
+            sharding.unshard_model(self.model, self.sharded)
+            self.sharded = None
         self.finish()
         return self.state["history"]
 
@@ -163,8 +175,13 @@ class Trainer:
         """Resume from the newest checkpoint that reads; on a fresh start of a converted model
         with ``denoiser_init=closed_form``, fit every D in closed form."""
         found = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        fsdp = self.cfg.strategy == "fsdp"
+        if found is not None and fsdp != is_sharded_checkpoint(found):
+            written = "ddp" if fsdp else "fsdp"
+            raise ValueError(f"{self.tag}: {found} was written by a {written} run; resume as one")
         if found is not None:
-            self.state = load_training_state(found, self.model, self.optimizer, self.scheduler)
+            load = load_sharded_state if fsdp else load_training_state
+            self.state = load(found, self.model, self.optimizer, self.scheduler)
         elif self.converted and self.cfg.denoiser_init == "closed_form":
             self.initialise_denoisers()
 
@@ -183,10 +200,26 @@ class Trainer:
                 f"{self.tag}: D of {len(fitted)} layers in closed form; summed loss {floor:.3f}"
             )
 
+    def shard_model(self) -> None:
+        """``strategy=fsdp`` under torchrun with more than one process: ``fully_shard`` each
+        DenoiseLayer / block and the root, once per fit (``engine.sharding``), before the
+        optimizer is built on the sharded parameters. One process trains as ``ddp`` (with the
+        same refusals and sharded checkpoints, so that a run may resume on more processes)."""
+        if self.cfg.strategy != "fsdp":
+            return
+        sharding.check_supported(self.model, self.cfg, self.tag)
+        if self.world == 1:
+            if dist.is_main():
+                tqdm.write(f"{self.tag}: strategy fsdp on one process: training as ddp")
+            return
+        self.sharded = sharding.shard_model(self.model, amp=self.cfg.amp)
+
     def wrap_model(self) -> nn.Module:
         """What the forward pass runs: the model under DDP when distributed, compiled with
-        ``cfg.compile``. A sharding strategy replaces this stage."""
+        ``cfg.compile``; a sharded model (``shard_model``) runs as it is."""
         model = self.model
+        if self.sharded is not None:
+            return model
         self.ddp = nn.parallel.DistributedDataParallel(model) if dist.is_distributed() else None
         runner = self.ddp or model
         if self.cfg.compile:
@@ -243,6 +276,8 @@ class Trainer:
         batch = self.train_step.to_device(batch, self.device)
         batch = augment_batch(self.train_step, batch, generator, self.micro_rows[k])
         last = k == self.cfg.accumulate - 1
+        if self.sharded is not None:  # FSDP's no_sync: no reduce-scatter before the last
+            sharding.set_gradient_sync(self.model, last)
         with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
             losses = stages.forward_loss(
                 self.train_step,
@@ -304,13 +339,19 @@ class Trainer:
         self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Rank 0 writes the training state (``checkpoint.save_training_state``); all wait."""
+        """Rank 0 writes the training state (``checkpoint.save_training_state``); all wait.
+        ``strategy=fsdp`` (also on one process): every rank writes its shards through
+        ``torch.distributed.checkpoint`` (``checkpoint.save_sharded_state``)."""
+        keys = ("epoch", "step", "global_step", "history", "sums")
+        saved = {k: self.state[k] for k in keys}
+        phase = dr.get_phase(self.model) if self.converted else None
+        saved.update(phase=phase, config=asdict(self.cfg))
+        how = (self.ckpt_dir, self.model, self.optimizer, self.scheduler, saved)
+        if self.cfg.strategy == "fsdp":
+            save_sharded_state(*how)
+            return
         if dist.is_main():
-            keys = ("epoch", "step", "global_step", "history", "sums")
-            saved = {k: self.state[k] for k in keys}
-            phase = dr.get_phase(self.model) if self.converted else None
-            saved.update(phase=phase, config=asdict(self.cfg))
-            save_training_state(self.ckpt_dir, self.model, self.optimizer, self.scheduler, saved)
+            save_training_state(*how)
         dist.barrier()
 
     def finish(self) -> None:

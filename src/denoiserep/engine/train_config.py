@@ -38,6 +38,10 @@ class TrainConfig:
     scaled by 1 / ``accumulate`` (DDP synchronises only the last one). ``batch_size`` stays the
     effective (global) batch per optimizer step, so a config means the same whatever the number
     of GPUs and micro-batches; the steps, the schedule and ``ckpt_every`` count optimizer steps.
+    ``strategy``: ``ddp`` (a full copy per process) or ``fsdp`` (FSDP2 ``fully_shard`` on each
+    DenoiseLayer / block and the root, ``engine.sharding``; only under torchrun with more than
+    one process, one process trains as ``ddp``). docs/guide/extending-training.md, "Sharded
+    training", says what ``fsdp`` supports yet.
     """
 
     epochs: int = 10
@@ -61,6 +65,7 @@ class TrainConfig:
     compile: bool = False
     grad_checkpointing: bool = False
     accumulate: int = 1
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
         from denoiserep.util.config import coerce_fields
@@ -90,6 +95,8 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible into accumulate="
                 f"{self.accumulate} micro-batches"
             )
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.denoiser_init not in ("zero", "closed_form"):
             raise ValueError(
                 f"denoiser_init must be 'zero' or 'closed_form', got {self.denoiser_init!r}"

@@ -6,6 +6,8 @@ in this order (the maths of each lives in ``engine.stages``, a function testable
 - ``prepare_model``: phase check, lambda, gradient checkpointing on or off;
 - ``build_loader``: DataLoader (of micro-batches with ``accumulate`` > 1), sampler, this
   process's rows of the global batch (DDP) and each micro-batch's rows;
+- ``shard_model``: with ``strategy: fsdp`` on several processes, ``fully_shard`` each
+  DenoiseRep layer, block and the root once (``engine.sharding``);
 - ``build_optimization``: optimizer and cosine schedule;
 - ``restore_or_initialise``: resume from the newest checkpoint that reads, or on a fresh
   start fit every D in closed form (``denoiser_init=closed_form``);
@@ -19,11 +21,9 @@ in this order (the maths of each lives in ``engine.stages``, a function testable
 Hooks (``engine.hooks.TrainerHook``) are called at ``on_fit_start``, ``on_epoch_start``,
 ``before_step``, ``after_backward``, ``after_step``, ``on_epoch_end`` and ``on_fit_end``
 (always, also after an error); the throughput meter, the TensorBoard log and the progress bar
-are hooks. Gradient accumulation: docs/guide/extending-training.md. Where the next go:
-
-- sharded training (FSDP2): override ``wrap_model`` instead of the DDP wrapping (``fully_shard``
-  shards in place, so apply it once, before ``build_optimization``), and the checkpoint writer
-  must gather the full state dict (``torch.distributed.checkpoint``) before ``save_training_state``.
+are hooks. Gradient accumulation and sharded training (checkpoints written per rank with
+``torch.distributed.checkpoint``, the full model gathered back at the end of ``fit``):
+docs/guide/extending-training.md.
 
 Determinism: each step reseeds the global RNG from (seed, epoch, step, rank) and the data
 order comes from a sampler seeded by (seed, epoch), so a run resumed from any checkpoint,
