@@ -33,12 +33,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import denoiserep as dr
 from denoiserep.classification.step import ClassificationStep
 from denoiserep.engine import sharding
 from denoiserep.engine.trainer import TrainConfig, TrainerHook, fit
+from tests.engine.test_accumulate import CrashAt, tiny_data, token_noise  # noqa: F401 (CrashAt: the worker)
 
 CFG = TrainConfig(epochs=2, batch_size=8, lr=1e-2, strategy="fsdp")
 RUNS = {  # name: (converted, config changes)
@@ -73,43 +73,12 @@ class Tiny(nn.Module):
 RESUME = {"phases": "alternating", "epochs": 3, "ckpt_every": 4}
 
 
-class CrashAt(ClassificationStep):
-    def __init__(self, at: int) -> None:
-        super().__init__(pad=1, flip=True)
-        self.calls, self.at = 0, at
-
-    def forward(self, model, batch):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt("simulated crash")
-        return super().forward(model, batch)
-
-
-def tiny_data() -> TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    return TensorDataset(
-        torch.randn(48, 1, 4, 4, generator=g), torch.randint(0, 3, (48,), generator=g)
-    )
-
-
 def tiny_model(converted: bool) -> nn.Module:
     torch.manual_seed(0)
     net = Tiny()
     if not converted:
         return net
     return dr.convert(net, dr.DenoiseConfig(loss_weight=0.1), torch.randn(1, 1, 4, 4))
-
-
-_R: dict[int, torch.Tensor] = {}
-
-
-def token_noise(x0, *args, **kwargs):
-    """A fixed function of each token: a batch-split-invariant stand-in for randn_like."""
-    c = x0.shape[-1]
-    if c not in _R:
-        g = torch.Generator().manual_seed(c)
-        _R[c] = torch.randn(c, c, generator=g, dtype=torch.float64)
-    return (torch.sin(x0.double() @ _R[c] * 5.0) * 2**0.5).to(x0.dtype)
 
 
 def probe(model: nn.Module) -> dict[str, float]:
@@ -133,6 +102,7 @@ import denoiserep as dr
 from denoiserep.engine import dist, sharding
 
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, str(__import__("pathlib").Path(sys.argv[1]).parents[1]))  # tests.engine...
 import test_fsdp as t
 
 syncs = {}

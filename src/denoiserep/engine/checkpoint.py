@@ -65,6 +65,30 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def _payload(state: dict[str, Any], optimizer_state: Any, scheduler: Any) -> dict[str, Any]:
+    """What ``state.pt`` holds beside the model: the training state, the optimizer's (None when
+    the shards hold it), the scheduler's and the random generators'."""
+    payload = dict(state, optimizer=optimizer_state, rng=_rng_state())
+    payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    return payload
+
+
+def _restore_schedule_and_rng(state: dict[str, Any], scheduler: Any) -> None:
+    """Put back what :func:`_payload` saved of the scheduler and the random generators."""
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def _clear_killed_writes(directory: Path) -> None:
+    """Create ``directory``; remove the ``.step-*.tmp`` folders a killed write left in it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _step(path: Path) -> int | None:
     try:
         return int(path.name.split("-", 1)[1])
@@ -91,9 +115,7 @@ def save_training_state(
     """Write ``step-<step>`` under ``directory`` atomically, point ``latest`` at it and keep
     the ``keep`` newest checkpoints (older ones, and newer ones a resume went back past, go)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".step-*.tmp"):  # left by a write that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    _clear_killed_writes(directory)
     root = dr.unwrap(model)
     step = int(state["global_step"])
     name = f"step-{step:08d}"
@@ -105,9 +127,7 @@ def save_training_state(
             dr.save_converted(root, tmp)
         else:
             save_model(root, str(tmp / "model.safetensors"))
-        payload = dict(state, optimizer=optimizer.state_dict(), rng=_rng_state())
-        payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
-        torch.save(payload, tmp / "state.pt")
+        torch.save(_payload(state, optimizer.state_dict(), scheduler), tmp / "state.pt")
     except Exception as e:  # noqa: BLE001 - safetensors, torch and the OS each say it their way
         message = _write_failure(final, e)  # free space measured before the cleanup
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,18 +171,14 @@ def save_sharded_state(
     final = directory / f"step-{int(state['global_step']):08d}"
     tmp = directory / f".{final.name}.tmp"
     if is_main():
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(".step-*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+        _clear_killed_writes(directory)
         tmp.mkdir()
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     with _one_process_is_fine():
         save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))
     if is_main():
-        payload = dict(state, optimizer=None, rng=_rng_state())
-        payload["scheduler"] = scheduler.state_dict() if scheduler is not None else None
-        torch.save(payload, tmp / "state.pt")
+        torch.save(_payload(state, None, scheduler), tmp / "state.pt")
         _publish(directory, tmp, final, keep)
     barrier()
     return final
@@ -197,9 +213,7 @@ def load_sharded_state(
     with _one_process_is_fine():
         load(both, checkpoint_id=str(path / SHARDS))
     set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
+    _restore_schedule_and_rng(state, scheduler)
     return state
 
 
@@ -339,9 +353,5 @@ def load_training_state(
     load_state_checked(root, path / "model.safetensors", source=f"checkpoint {path}")
     if optimizer is not None:
         load_optimizer_state(optimizer, state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    _restore_schedule_and_rng(state, scheduler)
     return state
