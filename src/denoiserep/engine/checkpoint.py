@@ -5,10 +5,12 @@ A checkpoint folder holds ``model.safetensors`` (the model as trained: converted
 step, RNG states, history, config: tensors, numbers, strings and containers only, read back
 with ``torch.load(weights_only=True)`` so that a planted file cannot run code; one that needs
 more is refused, naming it). A ``strategy=fsdp`` run writes ``shards/`` instead of the model
-files (:func:`save_sharded_state`) and no optimizer in ``state.pt``. ``latest`` names the
-newest checkpoint written. The last two checkpoints are kept; a run resumes from the newest
-one that reads, and a checkpoint that cannot be read (truncated, corrupt) is skipped with a
-one-line warning naming it.
+files (:func:`save_sharded_state`) and no optimizer in ``state.pt``. ``state.pt`` keeps every
+rank's running sums of the epoch (:func:`gather_rank_sums`; a resume on another number of
+processes hands them to rank 0, rescaled: :func:`own_rank_sums`).
+``latest`` names the newest checkpoint written. The last two checkpoints are kept; a run
+resumes from the newest one that reads, and a checkpoint that cannot be read (truncated,
+corrupt) is skipped with a one-line warning naming it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import denoiserep as dr
 from denoiserep.util.errors import first_line
 from denoiserep.util.state_dict import load_state_checked, read_weights
 
-from .dist import barrier, is_main
+from .dist import barrier, is_distributed, is_main, rank, world_size
 from .optim import load_optimizer_state
 from .runs import note_started
 
@@ -182,6 +184,33 @@ def save_sharded_state(
         _publish(directory, tmp, final, keep)
     barrier()
     return final
+
+
+def gather_rank_sums(sums: dict[str, float]) -> list[dict[str, float]]:
+    """Every rank's running sums of the epoch, for ``state.pt`` (each rank logs its own part
+    of the batch; rank 0's alone, restored on every rank, would count its steps once per
+    rank). All ranks call it."""
+    if not is_distributed():
+        return [sums]
+    every: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(every, sums)
+    return every
+
+
+def own_rank_sums(every: list[dict[str, float]]) -> dict[str, float]:
+    """This rank's share of the saved sums: its own on the same number of processes. On
+    another number, rank 0 takes the total and the others zeros (the epoch's all-reduce adds
+    them up), scaled by new / old processes: a step's per-rank means then sum to what the new
+    ranks' halves of that batch would have logged, so the epoch's mean weighs each batch once."""
+    if len(every) == world_size():
+        return every[rank()]
+    if rank() > 0:
+        return {k: 0 * v for k, v in every[0].items()}
+    scale = world_size() / len(every)
+    total = {k: sum(s[k] for s in every) * scale for k in every[0]}
+    if "n" in total:  # the step count stays an integer: n of every rank is the same
+        total["n"] = round(total["n"])
+    return total
 
 
 @contextlib.contextmanager

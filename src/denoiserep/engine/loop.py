@@ -26,10 +26,12 @@ from denoiserep.models.grad_checkpointing import (
 
 from . import dist, sharding, stages
 from .checkpoint import (
+    gather_rank_sums,
     is_sharded_checkpoint,
     latest_checkpoint,
     load_sharded_state,
     load_training_state,
+    own_rank_sums,
     save_sharded_state,
     save_training_state,
 )
@@ -182,6 +184,8 @@ class Trainer:
         if found is not None:
             load = load_sharded_state if fsdp else load_training_state
             self.state = load(found, self.model, self.optimizer, self.scheduler)
+            if "rank_sums" in self.state:  # older checkpoints: rank 0's sums on every rank
+                self.state["sums"] = own_rank_sums(self.state.pop("rank_sums"))
         elif self.converted and self.cfg.denoiser_init == "closed_form":
             self.initialise_denoisers()
 
@@ -346,6 +350,7 @@ class Trainer:
         saved = {k: self.state[k] for k in keys}
         phase = dr.get_phase(self.model) if self.converted else None
         saved.update(phase=phase, config=asdict(self.cfg))
+        saved["rank_sums"] = gather_rank_sums(self.state["sums"])  # every rank's, all ranks call
         how = (self.ckpt_dir, self.model, self.optimizer, self.scheduler, saved)
         if self.cfg.strategy == "fsdp":
             save_sharded_state(*how)
