@@ -237,6 +237,35 @@ class Factors(NamedTuple):
         return y.movedim(-1, channel_dim)
 
 
+def _structured_rows(weight, d, U, V, k_t: float, s: float, dtype):  # noqa: ANN001, ANN202
+    """W A_t on the ungrouped weight's (C_out·taps, C_in) rows, in ``dtype``."""
+    w2 = _rows(weight, dtype)
+    out = w2 * ((1.0 - k_t * d.to(dtype)) * s)
+    if U is not None:
+        out = torch.addmm(out, w2 @ U.to(dtype), V.to(dtype).T, alpha=-k_t * s)
+    return out
+
+
+def _structured_grads(g2, weight, d, U, V, k_t: float, s: float, needs):  # noqa: ANN001, ANN202
+    """Gradients of :func:`_structured_rows` for its rows' gradient ``g2``: (W as rows, d, U, V),
+    each None where ``needs`` (four flags) says no; the factors' in their own dtypes."""
+    dt = g2.dtype
+    w2 = _rows(weight, dt)
+    u, v = (None, None) if U is None else (U.to(dt), V.to(dt))
+    grad_w = grad_d = grad_u = grad_v = None
+    if needs[0]:  # G diag(s (1 − k d)) − s k (G V) Uᵀ
+        grad_w = g2 * ((1.0 - k_t * d.to(dt)) * s)
+        if U is not None:
+            grad_w = torch.addmm(grad_w, g2 @ v, u.T, alpha=-k_t * s)
+    if needs[1]:  # −s k Σ_rows G ⊙ W
+        grad_d = ((g2 * w2).sum(0) * (-k_t * s)).to(d.dtype)
+    if U is not None and needs[2]:  # −s k Wᵀ (G V)
+        grad_u = ((w2.T @ (g2 @ v)) * (-k_t * s)).to(U.dtype)
+    if U is not None and needs[3]:  # −s k Gᵀ (W U)
+        grad_v = ((g2.T @ (w2 @ u)) * (-k_t * s)).to(V.dtype)
+    return grad_w, grad_d, grad_u, grad_v
+
+
 class _StructuredFusedWeight(torch.autograd.Function):
     """W' = W·diag(s (1 − k d)) − s k (W U) Vᵀ for an ungrouped weight, on its (C_out·taps, C_in)
     rows; backward from W and the factors alone (W U recomputed), so that autograd keeps no
@@ -245,38 +274,91 @@ class _StructuredFusedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, d, U, V, k_t, s, dtype):  # noqa: ANN001, ANN205
         ctx.save_for_backward(weight, d, U, V)
-        ctx.coeffs = (k_t, s, dtype)
-        w2 = _rows(weight, dtype)
-        out = w2 * ((1.0 - k_t * d.to(dtype)) * s)
-        if U is not None:
-            out = torch.addmm(out, w2 @ U.to(dtype), V.to(dtype).T, alpha=-k_t * s)
-        return _unrows(out, weight)
+        ctx.coeffs = (k_t, s)
+        return _unrows(_structured_rows(weight, d, U, V, k_t, s, dtype), weight)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         weight, d, U, V = ctx.saved_tensors
-        k_t, s, _ = ctx.coeffs
-        dt = grad.dtype
-        g2, w2 = _rows(grad, dt), _rows(weight, dt)
-        u = v = None
-        if U is not None:
-            u, v = U.to(dt), V.to(dt)
-        grad_w = grad_d = grad_u = grad_v = None
-        if ctx.needs_input_grad[0]:  # G diag(s (1 − k d)) − s k (G V) Uᵀ
-            grad_w = g2 * ((1.0 - k_t * d.to(dt)) * s)
-            if U is not None:
-                grad_w = torch.addmm(grad_w, g2 @ v, u.T, alpha=-k_t * s)
-            grad_w = _unrows(grad_w, weight)
-        if ctx.needs_input_grad[1]:  # −s k Σ_rows G ⊙ W
-            grad_d = (g2 * w2).sum(0) * (-k_t * s)
-        if U is not None and ctx.needs_input_grad[2]:  # −s k Wᵀ (G V)
-            grad_u = (w2.T @ (g2 @ v)) * (-k_t * s)
-        if U is not None and ctx.needs_input_grad[3]:  # −s k Gᵀ (W U)
-            grad_v = (g2.T @ (w2 @ u)) * (-k_t * s)
-        cast = [
-            None if g is None else g.to(p.dtype) for g, p in ((grad_d, d), (grad_u, U), (grad_v, V))
-        ]
-        return grad_w, *cast, None, None, None
+        g2 = _rows(grad, grad.dtype)
+        needs = ctx.needs_input_grad[:4]
+        grad_w, *rest = _structured_grads(g2, weight, d, U, V, *ctx.coeffs, needs)
+        return None if grad_w is None else _unrows(grad_w, weight), *rest, None, None, None
+
+
+class _StructuredLayerOp(torch.autograd.Function):
+    """y = x (W A_t)ᵀ + b (a Linear) or the ungrouped convolution with weight W A_t, keeping
+    only x, W and the factors: backward rebuilds W A_t (C_out·taps·C_in·r) instead of autograd
+    keeping a weight-sized product per layer. ``conv``: None or (stride, padding, dilation)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, d, U, V, k_t, s, conv):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, weight, d, U, V)
+        ctx.setup = (k_t, s, conv, bias is not None)
+        fused = _unrows(_structured_rows(weight, d, U, V, k_t, s, x.dtype), weight)
+        if conv is None:
+            return torch.nn.functional.linear(x, fused, bias)
+        return torch.ops.aten.convolution(x, fused, bias, *conv, False, [0] * len(conv[0]), 1)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, d, U, V = ctx.saved_tensors
+        k_t, s, conv, has_bias = ctx.setup
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        fused = _unrows(_structured_rows(weight, d, U, V, k_t, s, x.dtype), weight)
+        if conv is None:
+            g = grad.reshape(-1, grad.shape[-1])
+            grad_x = (grad @ fused) if need_x else None
+            grad_fused = g.T @ x.reshape(-1, x.shape[-1])
+            grad_b = g.sum(0) if need_b else None
+        else:
+            bias_sizes = [weight.shape[0]] if has_bias else None
+            grad_x, grad_fused, grad_b = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                fused,
+                bias_sizes,
+                *conv,
+                False,
+                [0] * len(conv[0]),
+                1,
+                [need_x, True, need_b and has_bias],
+            )
+        needs = (need_w, *ctx.needs_input_grad[3:6])
+        g2 = _rows(grad_fused, grad_fused.dtype)
+        grad_w, *rest = _structured_grads(g2, weight, d, U, V, k_t, s, needs)
+        grad_w = None if grad_w is None else _unrows(grad_w, weight).to(weight.dtype)
+        grad_x = None if grad_x is None else grad_x.to(x.dtype)
+        return grad_x, grad_w, grad_b, *rest, None, None, None
+
+
+def structured_layer_train(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    factors: Factors,
+    k_t: float,
+    inv_sqrt_alpha: float,
+    conv: tuple | None = None,
+) -> torch.Tensor:
+    """The training output of a Linear (``conv=None``) or an ungrouped conv with zero padding
+    (``conv=(stride, padding, dilation)``, tuples of ints) whose weight is W A_t, for a
+    structured D: computed in ``x``'s dtype, differentiable in x, W, the bias and the factors,
+    with W A_t rebuilt in backward instead of kept (one weight-sized tensor less per layer)."""
+    if factors.groups != 1:
+        raise ValueError("structured_layer_train takes ungrouped layers only")
+    with torch.autocast(x.device.type, enabled=False):
+        return _StructuredLayerOp.apply(
+            x,
+            weight,
+            None if bias is None else bias.to(x.dtype),
+            factors.d,
+            factors.U,
+            factors.V,
+            float(k_t),
+            float(inv_sqrt_alpha),
+            conv,
+        )
 
 
 def structured_train_weight(

@@ -14,13 +14,15 @@ from .fusion import (
     apply_channel_map,
     fuse_weight,
     reverse_step_matrix,
+    structured_layer_train,
     structured_train_weight,
     train_fused_weight,
 )
-from .objective import predict_noise, score
+from .objective import regression_loss
 from .schedule import NoiseSchedule
 from .structure import layer_rank, make_denoiser
-from .support import is_supported, recomputing_in_backward
+from .support import is_supported, recomputing_in_backward, zero_padding_conv_arguments
+from .tokens import all_tokens, sample_tokens, token_count
 
 PHASES = ("denoiser", "backbone", "joint")
 
@@ -178,42 +180,20 @@ class DenoiseLayer(nn.Module):
 
     # -- noise-prediction loss ------------------------------------------------------------------
     def loss_token_count(self, n: int) -> int:
-        """How many of the input's ``n`` tokens / pixels the noise-prediction loss uses: the
-        ``loss_fraction`` of them, at most ``loss_tokens`` (0: no cap), at least one."""
-        m = n if self.loss_fraction >= 1.0 else max(1, round(self.loss_fraction * n))
-        return min(m, self.loss_tokens) if self.loss_tokens else m
+        """How many of the input's ``n`` tokens the loss uses (:func:`token_count`)."""
+        return token_count(n, self.loss_fraction, self.loss_tokens)
 
     def input_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All of the input's tokens as a (tokens, C_in) matrix: a Linear's rows, a conv's
-        channel vector at every pixel of every image (what D acts on)."""
-        c = self.in_channels
-        if isinstance(self.base_layer, nn.Linear):
-            return x.reshape(-1, c)
-        if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
-            x = x.unsqueeze(0)
-        return x.movedim(1, -1).reshape(-1, c)
+        """All of the input's tokens as a (tokens, C_in) matrix (:func:`all_tokens`)."""
+        linear = isinstance(self.base_layer, nn.Linear)
+        return all_tokens(x, self.in_channels, linear, self.base_layer.weight.dim())
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's input as a (tokens, C_in) matrix, subsampled (uniformly, with
-        replacement) to :meth:`loss_token_count` rows."""
-        c = self.in_channels
-        if isinstance(self.base_layer, nn.Linear):
-            flat = x.reshape(-1, c)
-            m = self.loss_token_count(flat.shape[0])
-            if m == flat.shape[0]:
-                return flat
-            return flat[self._randint(flat.shape[0], m, x.device)]
-        if x.dim() == self.base_layer.weight.dim() - 1:  # unbatched conv input
-            x = x.unsqueeze(0)
-        flat = x.reshape(x.shape[0], c, -1)  # (N, C, pixels)
-        n = flat.shape[0] * flat.shape[2]
-        m = self.loss_token_count(n)
-        if m == n:
-            return flat.transpose(1, 2).reshape(-1, c)
-        # a uniform (image, pixel) pair is a uniform pixel of the batch: two draws, no div / mod
-        image = self._randint(flat.shape[0], m, x.device)
-        pixel = self._randint(flat.shape[2], m, x.device)
-        return flat[image, :, pixel]
+        """The tokens the loss scores (:func:`sample_tokens`, :meth:`loss_token_count` rows)."""
+        linear, wdim = isinstance(self.base_layer, nn.Linear), self.base_layer.weight.dim()
+        return sample_tokens(
+            x, self.in_channels, linear, wdim, self.loss_token_count, self._randint
+        )
 
     def _randint(self, high: int, m: int, device: torch.device) -> torch.Tensor:
         """``m`` uniform indices below ``high``. With :attr:`shared_draws` (``batch_loss``
@@ -246,10 +226,8 @@ class DenoiseLayer(nn.Module):
             return a * x0 + b * eps, eps
 
     def _score_noised(self, xt: torch.Tensor, eps: torch.Tensor, low: bool) -> torch.Tensor:
-        pred = predict_noise(xt, self.denoiser, low)
-        self.precision["D·x_t"] = pred.dtype
-        with torch.autocast(xt.device.type, enabled=False):
-            return score(pred.float(), eps, self.loss)
+        loss, self.precision["D·x_t"] = regression_loss(xt, eps, self.denoiser, self.loss, low)
+        return loss
 
     def score_deferred(self) -> None:
         """Score the loss a forward without gradients left (see :meth:`_record_loss`), under
@@ -345,7 +323,24 @@ class DenoiseLayer(nn.Module):
         # the same layer output either way (exact algebra); compute the cheaper product
         if self.explicit_is_cheaper(x):
             return self.base_layer(self.train_denoise_input(x))
-        return self._base_forward(x, self.train_weight())
+        out = self._recomputing_forward(x)
+        return self._base_forward(x, self.train_weight()) if out is None else out
+
+    def _recomputing_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A structured, ungrouped layer's W A_t output with W A_t rebuilt in backward, not
+        kept (:func:`structured_layer_train`); None where that does not apply."""
+        base, w = self.base_layer, self.base_layer.weight
+        if self.structure == "full" or self.groups != 1 or x.dim() != w.dim():
+            return None
+        linear = isinstance(base, nn.Linear)
+        conv = None if linear else zero_padding_conv_arguments(base)
+        autocast = torch.is_autocast_enabled(x.device.type) and w.dtype == torch.float32
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else w.dtype
+        if (conv is None and not linear) or (x.dtype != dtype and not autocast):
+            return None
+        self.precision["W·A_t"] = dtype
+        k, s = self._k, self._inv_sqrt_alpha
+        return structured_layer_train(x.to(dtype), w, base.bias, self.denoiser, k, s, conv)
 
     def _record_loss(self, x: torch.Tensor, recomputing: bool) -> None:
         """Score the noise prediction on this forward's input, or leave it for

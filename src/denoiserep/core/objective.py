@@ -42,16 +42,18 @@ class PendingLayer(Protocol):
 def score(
     pred: torch.Tensor, eps: torch.Tensor, kind: str, dim: tuple | None = None
 ) -> torch.Tensor:
-    """The noise-prediction loss ``kind``: a mean over all entries, or over ``dim``."""
+    """The noise-prediction loss ``kind``: a mean over all entries, or over ``dim``. The squared
+    error is (pred − eps)², whose backward keeps only the residual (``F.mse_loss`` keeps both
+    of its inputs: one tensor of every layer's sampled tokens more)."""
 
-    def mean(loss_fn) -> torch.Tensor:  # noqa: ANN001
-        return loss_fn(pred, eps) if dim is None else loss_fn(pred, eps, reduction="none").mean(dim)
+    def mean(loss: torch.Tensor) -> torch.Tensor:
+        return loss.mean() if dim is None else loss.mean(dim)
 
     if kind == "mse":
-        return mean(F.mse_loss)
+        return mean((pred - eps).square())
     if kind == "l1":
-        return mean(F.l1_loss)
-    return mean(F.l1_loss) + mean(F.mse_loss)
+        return mean(F.l1_loss(pred, eps, reduction="none"))
+    return mean(F.l1_loss(pred, eps, reduction="none")) + mean((pred - eps).square())
 
 
 @functools.lru_cache(maxsize=256)
@@ -119,3 +121,43 @@ def predict_noise(xt: torch.Tensor, D: torch.Tensor | Factors, low: bool) -> tor
         return apply_channel_map(xt, D)
     with torch.autocast(xt.device.type, enabled=False):
         return apply_channel_map(xt, D.float())
+
+
+class _EagerFactorRegression(torch.autograd.Function):
+    """mean((d ⊙ x_t + (x_t V) Uᵀ − eps)²), the same operations as :func:`predict_noise` and
+    :func:`score`, with its gradients in d, U and V computed in forward: autograd then keeps
+    C·(1 + 2r) numbers per layer instead of x_t and the residual (2 · tokens · C)."""
+
+    @staticmethod
+    def forward(ctx, d, U, V, xt, eps):  # noqa: ANN001, ANN205
+        y = xt * d
+        xv = None if U is None else xt @ V
+        if U is not None:
+            y = y + xv @ U.T
+        residual = y - eps
+        loss = residual.square().mean()
+        g = residual.mul_(2.0 / residual.numel())  # d loss / d prediction
+        grads = [(g * xt).sum(0)] + ([] if U is None else [g.T @ xv, xt.T @ (g @ U)])
+        ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        grads = [grad * t for t in ctx.saved_tensors]
+        return *grads, *[None] * (5 - len(grads))
+
+
+def regression_loss(
+    xt: torch.Tensor, eps: torch.Tensor, D: torch.Tensor | Factors, kind: str, low: bool
+) -> tuple[torch.Tensor, torch.dtype]:
+    """A layer's noise-prediction loss on (x_t, eps), and the dtype D·x_t ran in: a float32
+    squared error of an ungrouped (or diagonal) structured D training on (tokens, C) inputs
+    takes :class:`_EagerFactorRegression` (same values, less memory), anything else autograd."""
+    eager = kind == "mse" and not low and xt.dim() == 2 and isinstance(D, Factors)
+    if eager and (D.U is None or D.groups == 1) and torch.is_grad_enabled() and D.d.requires_grad:
+        with torch.autocast(xt.device.type, enabled=False):
+            f = D.to(torch.float32)
+            return _EagerFactorRegression.apply(f.d, f.U, f.V, xt.float(), eps), torch.float32
+    pred = predict_noise(xt, D, low)
+    with torch.autocast(xt.device.type, enabled=False):
+        return score(pred.float(), eps, kind), pred.dtype

@@ -34,3 +34,14 @@ def recomputing_in_backward() -> bool:
     if torch.compiler.is_compiling():
         return False
     return torch._C._current_graph_task_id() != -1
+
+
+def zero_padding_conv_arguments(module: nn.Module) -> tuple | None:
+    """(stride, padding, dilation) of a ConvNd with zero padding given in numbers ("valid" as
+    zeros), as ``aten.convolution`` takes them; None for "same" or another padding mode."""
+    padding = module.padding
+    if padding == "valid":
+        padding = (0,) * len(module.stride)
+    if module.padding_mode != "zeros" or isinstance(padding, str):
+        return None
+    return (module.stride, padding, module.dilation)
