@@ -24,6 +24,7 @@ COMMAND_OF = {
     "probe_digits": "probe",
     "memory": "memory",
     "adapt_fashion": "adapt",
+    "adapt_fashion_reid": "adapt",
     "fashion_vit": "classify",
     "fashion_resnet": "classify",
     "fashion_vmamba": "classify",

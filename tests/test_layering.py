@@ -32,6 +32,8 @@ LAYERS: list[set[str]] = [
 ]
 #: Packages of one layer that must not import each other (no task builds on another).
 INDEPENDENT = LAYERS[7]
+#: The exceptions: (importer, imported). ``adapt``'s re-ID benchmark adapts ``reid``'s model.
+ALLOWED = {("adaptation", "reid")}
 
 
 def module_name(path: Path) -> str:
@@ -122,7 +124,10 @@ def test_task_packages_do_not_import_each_other():
         f"{m} imports {t}"
         for m, targets in GRAPH.items()
         for t in targets
-        if top(m) in INDEPENDENT and top(t) in INDEPENDENT and top(t) != top(m)
+        if top(m) in INDEPENDENT
+        and top(t) in INDEPENDENT
+        and top(t) != top(m)
+        and (top(m), top(t)) not in ALLOWED
     ]
     assert not wrong, "\n".join(wrong)
 

@@ -156,14 +156,19 @@ def denoiserep_adapt(
     *,
     recalibrate_bn: bool = False,
     max_batches: int | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    example_input: Any = None,
 ) -> nn.Module:
     """DenoiseRep's closed-form denoisers fitted on ``data`` and fused (:func:`denoiserep.adapt`);
     with ``recalibrate_bn`` (BatchNorm models) the statistics are first re-estimated on
     ``data`` (so that D sees the adapted network's features), then D is fitted, then the
-    statistics are re-estimated again under the fused weights."""
+    statistics are re-estimated again under the fused weights. ``forward`` and
+    ``example_input`` as :func:`denoiserep.adapt` reads them (a re-ID model runs its
+    classifier too, so that every target layer sees input)."""
     if recalibrate_bn:
         model = bn_adapt(model, data, max_batches=max_batches)
-    fused = dr.adapt(model, data, config, max_batches=max_batches)
+    options = {"forward": forward, "example_input": example_input}
+    fused = dr.adapt(model, data, config, max_batches=max_batches, **options)
     if recalibrate_bn:
         recalibrate_batchnorm(fused, data, max_batches=max_batches)
     return fused.eval()

@@ -1,10 +1,13 @@
 """``denoiserep adapt``: label-free adaptation to a corrupted target domain, arm against arm.
 
-Per seed a source model is trained on the clean train split (or loaded: ``baseline_weights``,
-e.g. a classify run's ``fused.safetensors``; a head of another class count is re-initialised
-with one line saying so, and ``source.epochs`` then trains it). Per corruption and severity
-every arm adapts that model on the same N unlabelled corrupted train images and is scored on the
-corrupted test split (:mod:`denoiserep.adaptation.domains`, :mod:`denoiserep.adaptation.methods`).
+``benchmark`` picks the source task: ``classify`` (a classifier of ``data``, top-1;
+:mod:`denoiserep.adaptation.classify`) or ``reid`` (a BoT re-ID model of ``reid.data``, mAP and
+rank-1; :mod:`denoiserep.adaptation.reid_benchmark`). Per seed a source model is trained on the
+clean training split (or loaded: ``baseline_weights``, e.g. a classify run's
+``fused.safetensors``; a head of another class count is re-initialised with one line saying so,
+and ``source.epochs`` then trains it). Per corruption and severity every arm adapts that model
+on the same N unlabelled corrupted training images and is scored on the corrupted test data
+(:mod:`denoiserep.adaptation.methods`, :mod:`denoiserep.adaptation.runner`).
 """
 
 from __future__ import annotations
@@ -14,28 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from denoiserep.core.config import DenoiseConfig
-from denoiserep.data.augment import BatchRows, pad_crop_flip
-from denoiserep.data.classification import build_classification_data
-from denoiserep.engine.arms import load_baseline_weights
 from denoiserep.engine.config import to_dict
 from denoiserep.engine.dist import resolve_device
 from denoiserep.engine.latency import measure_latency
 from denoiserep.engine.runs import prepare_run_folder
 from denoiserep.engine.train_config import TrainConfig
-from denoiserep.engine.trainer import fit
-from denoiserep.models.factory import create_model, num_parameters
+from denoiserep.models.factory import num_parameters
 from denoiserep.robustness.corruptions import CORRUPTIONS, SEVERITIES
 from denoiserep.tasks.contract import Task
-from denoiserep.util.state_dict import read_weights
 
-from .domains import Domains, accuracy, adaptation_indices, describe, materialize
+from .classify import ClassifyBenchmark
+from .domains import describe
 from .methods import TENT_OPTIMIZERS, has_batchnorm
-from .report import ARMS, aggregate, markdown_table, write_reports
+from .reid_benchmark import ReIDBenchmark, ReIDBenchmarkConfig
+from .report import ARMS, aggregate, markdown_table, metrics_of, write_reports
 from .runner import adapt_arm
+
+#: what ``benchmark`` selects: the source task, its data, model and metrics
+BENCHMARKS = {"classify": ClassifyBenchmark, "reid": ReIDBenchmark}
 
 
 @dataclass
@@ -85,8 +87,10 @@ class AdaptConfig:
     corruption and severity).
     """
 
-    data: DataConfig = field(default_factory=DataConfig)  # dataset of both domains
-    model: ModelConfig = field(default_factory=ModelConfig)  # the source model's architecture
+    benchmark: str = "classify"  # `classify` (a classifier, top-1) or `reid` (mAP, rank-1)
+    data: DataConfig = field(default_factory=DataConfig)  # classify: dataset; both: batch_size
+    model: ModelConfig = field(default_factory=ModelConfig)  # the source model's (backbone's) name
+    reid: ReIDBenchmarkConfig = field(default_factory=ReIDBenchmarkConfig)  # benchmark reid only
     source: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=128))
     baseline_weights: str | None = None  # a source model file (a head of another size: reset)
     denoise: DenoiseConfig = field(default_factory=DenoiseConfig)  # schedule and target layers
@@ -101,6 +105,10 @@ class AdaptConfig:
     device: str = "auto"  # `auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`
 
     def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(
+                f"benchmark must be one of {tuple(BENCHMARKS)}, got {self.benchmark!r}"
+            )
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
         if bad or not self.corruptions:
             raise ValueError(f"corruptions must be among {', '.join(CORRUPTIONS)}, got {bad}")
@@ -117,77 +125,6 @@ class AdaptConfig:
             raise ValueError("data.batch_size and latency_repeats must be >= 1")
 
 
-class SourceStep:
-    """Cross-entropy training of the source model on (image, label) batches."""
-
-    def __init__(self, pad: int = 0, flip: bool = False) -> None:
-        self.pad, self.flip = pad, flip
-
-    def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch[0].to(device), batch[1].to(device)
-
-    def augment(
-        self, batch: Any, generator: torch.Generator, rows: BatchRows | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_crop_flip(batch[0], generator, self.pad, self.flip, rows), batch[1]
-
-    def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return model(batch[0])
-
-    def loss(self, output: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        return F.cross_entropy(output.float(), batch[1]), {}
-
-
-def build_domains(cfg: AdaptConfig) -> tuple[Domains, Any]:
-    data = build_classification_data(cfg.data.name, cfg.data.root, **cfg.data.options)
-    train, test = materialize(data.train), materialize(data.test)
-    indices = adaptation_indices(len(train), cfg.target_images)
-    return Domains(train, test, (data.mean, data.std), indices), data
-
-
-def source_model(
-    cfg: AdaptConfig, data: Any, domains: Domains, seed: int, out: Any, progress: bool
-) -> tuple[nn.Module, list[str]]:
-    """The trained (or loaded, and optionally trained further) source model, and notes."""
-    torch.manual_seed(seed)
-    kwargs = dict(cfg.model.kwargs, num_classes=data.num_classes, in_chans=data.in_chans)
-    model = create_model(cfg.model.name, **kwargs).to(resolve_device(cfg.device))
-    notes = []
-    if cfg.baseline_weights:
-        expected = model.state_dict()
-        state = read_weights(cfg.baseline_weights)
-        load_baseline_weights(model, cfg.baseline_weights, reinit_head=True)  # or one line
-        reset = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-        if reset:
-            notes.append(
-                f"seed {seed}: classifier head ({', '.join(reset)}) of {cfg.baseline_weights} "
-                f"re-initialised for {data.num_classes} classes"
-            )
-    if cfg.source.epochs > 0:
-        step = SourceStep(cfg.data.pad, cfg.data.flip)
-        fit(
-            model,
-            domains.train,
-            cfg.source,
-            step,
-            out / f"seed{seed}" / "source",
-            seed,
-            tag=f"seed {seed} source",
-            progress=progress,
-        )
-    return model.eval(), notes
-
-
-def check_model(model: nn.Module, probe: torch.Tensor, name: str) -> None:
-    try:
-        with torch.no_grad():
-            model.eval()(probe)
-    except Exception as e:  # noqa: BLE001 - whatever the model raises becomes one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        size = "x".join(str(s) for s in probe.shape[1:])
-        raise ValueError(f"model {name} cannot take the data's {size} images ({first})") from None
-
-
 def inference_cost(arms: dict[str, nn.Module], probe: torch.Tensor, repeats: int) -> dict:
     """Parameters of each adapted model and its latency relative to the source model."""
     latency = measure_latency(arms, probe, repeats=repeats)
@@ -202,51 +139,59 @@ def run_adapt(cfg: AdaptConfig, overwrite: bool = False, progress: bool = True) 
     """Run every arm of ``cfg``; write results.json / results.md; return the report."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    domains, data = build_domains(cfg)
-    probe = domains.test.tensors[0][: min(64, len(domains.test))].to(device)
-    kwargs = dict(cfg.model.kwargs, num_classes=data.num_classes, in_chans=data.in_chans)
-    check_model(create_model(cfg.model.name, **kwargs).to(device), probe[:2], cfg.model.name)
+    bench = BENCHMARKS[cfg.benchmark](cfg, device)  # bad data or model: one line, no folder
     out = prepare_run_folder(cfg.output, to_dict(cfg), overwrite, type(cfg))
     report: dict[str, Any] = {
         "task": "adapt",
+        "benchmark": cfg.benchmark,
         "config": to_dict(cfg),
         "device": str(device),
-        "target_images": len(domains.indices),
-        "test_images": len(domains.test),
+        **bench.sizes(),
         "per_seed": {},
         "notes": [],
     }
     conditions = [{"corruption": c, "severity": s} for c in cfg.corruptions for s in cfg.severities]
-    targets = {describe(c): domains.target(c["corruption"], c["severity"]) for c in conditions}
-    cost_models: dict[str, nn.Module] = {}
+    targets = {describe(c): bench.target(c["corruption"], c["severity"]) for c in conditions}
     for seed in cfg.seeds:
-        model, notes = source_model(cfg, data, domains, seed, out, progress)
+        model, notes = bench.source_model(seed, out, progress)
         report["notes"] += notes
-        rows: dict[str, Any] = {"clean_acc1": accuracy(model, domains.test, cfg.data.batch_size)}
-        report["has_batchnorm"] = bn = has_batchnorm(model)
-        for key, (images, test) in targets.items():
-            rows[key] = {}
-            for arm in cfg.arms:
-                result = adapt_arm(arm, model, domains, images, cfg, bn)
-                if result is None:  # the anchor does not exist for this model
-                    continue
-                adapted, seconds = result
-                rows[key][arm] = {
-                    "acc1": accuracy(adapted, test, cfg.data.batch_size),
-                    "adapt_s": seconds,
-                    "images": 0 if arm == "none" else len(domains.indices),
-                }
-                if "cost" not in report:
-                    cost_models[arm] = adapted
-            if "cost" not in report:
-                report["cost"] = inference_cost(cost_models, probe, cfg.latency_repeats)
-                cost_models.clear()
+        if seed == cfg.seeds[0]:
+            report["notes"] += bench.notes(model)
+        report["has_batchnorm"] = has_batchnorm(model)
+        rows = {f"clean_{k}": v for k, v in bench.score(model).items()}
+        rows |= score_arms(cfg, bench, model, targets, report)
         report["per_seed"][str(seed)] = rows
-        report["summary"] = aggregate(report["per_seed"])
+        report["summary"] = aggregate(report["per_seed"], metrics_of(report))
         write_reports(report, out)
     report["wall_s"] = time.perf_counter() - start
     write_reports(report, out)
     return report
+
+
+def score_arms(
+    cfg: AdaptConfig, bench: Any, model: nn.Module, targets: dict[str, Any], report: dict
+) -> dict[str, Any]:
+    """Per target domain, each arm's metrics, adaptation seconds and images; the first
+    domain's adapted models also give the report's ``cost`` (once per run)."""
+    rows: dict[str, Any] = {}
+    for key, (images, test) in targets.items():
+        rows[key], adapted_models = {}, {}
+        for arm in cfg.arms:
+            args = (bench.source_images, images, cfg, report["has_batchnorm"], bench.calls)
+            result = adapt_arm(arm, model, *args)
+            if result is None:  # the anchor does not exist for this model
+                continue
+            adapted, seconds = result
+            images_used = 0 if arm == "none" else len(images)
+            rows[key][arm] = {
+                **bench.score(adapted, test),
+                "adapt_s": seconds,
+                "images": images_used,
+            }
+            adapted_models[arm] = adapted
+        if "cost" not in report:
+            report["cost"] = inference_cost(adapted_models, bench.probe, cfg.latency_repeats)
+    return rows
 
 
 TASK = Task(
