@@ -40,6 +40,7 @@ RERANK = ["tests/reid/test_rerank_reference.py"]
 TORCHRUN = ["tests/engine/test_torchrun_phases.py", "-k", "rank_invariant and joint"]
 KILL = ["tests/engine/test_kill_denoiserep.py"]
 STRUCTURED = ["tests/core/test_structured.py"]
+RECOMPUTE = ["tests/core/test_structured_recompute.py"]
 
 
 @dataclass
@@ -70,22 +71,22 @@ MUTANTS = [
     Mutant(
         "l1 computed as mse",
         "core/objective.py",
-        'if kind == "l1":\n        return mean(F.l1_loss)',
-        'if kind == "l1":\n        return mean(F.mse_loss)',
+        'if kind == "l1":\n        return mean(F.l1_loss(pred, eps, reduction="none"))',
+        'if kind == "l1":\n        return mean((pred - eps).square())',
         LOSS_KINDS,
     ),
     Mutant(
         "l1+l2 computed as l1",
         "core/objective.py",
-        "return mean(F.l1_loss) + mean(F.mse_loss)",
-        "return mean(F.l1_loss)",
+        'return mean(F.l1_loss(pred, eps, reduction="none")) + mean((pred - eps).square())',
+        'return mean(F.l1_loss(pred, eps, reduction="none"))',
         LOSS_KINDS,
     ),
     Mutant(
         "mse computed as l1",
         "core/objective.py",
-        'if kind == "mse":\n        return mean(F.mse_loss)',
-        'if kind == "mse":\n        return mean(F.l1_loss)',
+        'if kind == "mse":\n        return mean((pred - eps).square())',
+        'if kind == "mse":\n        return mean((pred - eps).abs())',
         LOSS_KINDS,
     ),
     Mutant(
@@ -118,23 +119,23 @@ MUTANTS = [
     ),
     Mutant(
         "loss_fraction ignored",
-        "core/layer.py",
-        "else max(1, round(self.loss_fraction * n))",
+        "core/tokens.py",
+        "else max(1, round(fraction * n))",
         "else n",
         LOSS_KINDS,
     ),
     Mutant(
         "loss_fraction takes the first pixels, not a random subset",
-        "core/layer.py",
+        "core/tokens.py",
         "return flat[image, :, pixel]",
-        "return flat.transpose(1, 2).reshape(-1, c)[: pixel.numel()]",
+        "return flat.transpose(1, 2).reshape(-1, c_in)[: pixel.numel()]",
         LOSS_KINDS,
     ),
     Mutant(
         "conv tokens without the channel transpose",
-        "core/layer.py",
-        "return flat.transpose(1, 2).reshape(-1, c)\n",
-        "return flat.reshape(-1, c)\n",
+        "core/tokens.py",
+        "return flat.transpose(1, 2).reshape(-1, c_in)\n",
+        "return flat.reshape(-1, c_in)\n",
         LOSS_KINDS,
     ),
     # -- the training product W A_t (core/fusion.py) ----------------------------------------------
@@ -235,8 +236,8 @@ MUTANTS = [
     Mutant(
         "structure: U's gradient in the training product transposed",
         "core/fusion.py",
-        "grad_u = (w2.T @ (g2 @ v)) * (-k_t * s)",
-        "grad_u = (w2.T @ (g2 @ u)) * (-k_t * s)",
+        "grad_u = ((w2.T @ (g2 @ v))",
+        "grad_u = ((w2.T @ (g2 @ u))",
         [*STRUCTURED, "-k", "training_products"],
     ),
     Mutant(
@@ -294,6 +295,27 @@ MUTANTS = [
         'return [p for n, p in self._parameters.items() if n in ("D", "d", "U", "V")]',
         'return [p for n, p in self._parameters.items() if n in ("D", "d")]',
         [*STRUCTURED, "-k", "set_phase"],
+    ),
+    Mutant(
+        "structure: the layer op's input gradient through W, not W·A_t",
+        "core/fusion.py",
+        "grad_x = (grad @ fused) if need_x else None",
+        "grad_x = (grad @ weight) if need_x else None",
+        RECOMPUTE,
+    ),
+    Mutant(
+        "structure: eager regression's V gradient through V, not U",
+        "core/objective.py",
+        "xt.T @ (g @ U)",
+        "xt.T @ (g @ V)",
+        [*RECOMPUTE, "-k", "eager"],
+    ),
+    Mutant(
+        "structure: eager regression's gradient halved",
+        "core/objective.py",
+        "residual.mul_(2.0 / residual.numel())",
+        "residual.mul_(1.0 / residual.numel())",
+        [*RECOMPUTE, "-k", "eager"],
     ),
     # -- distributed training and crash recovery (engine/) ----------------------------------------
     Mutant(
