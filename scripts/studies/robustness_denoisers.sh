@@ -12,12 +12,15 @@
 #   MODELS="resnet10t resnet18" bash scripts/studies/robustness_denoisers.sh main_path [OUT [OVERRIDE ...]]
 #     # D at its optimum on all layers, or on a ResNet's main path only (stem, shortcuts, fc;
 #     # t stride 2 so its steps span the timesteps all layers have), then joint epochs
+#   bash scripts/studies/robustness_denoisers.sh structures [OUT [OVERRIDE ...]]
+#     # full D against diagonal and low-rank 16 (docs/results/training-cost.md, "Structured
+#     # denoisers"), label-free (strong schedule) and joint
 # OVERRIDEs go to both runs, e.g. "experiment.seeds=[3,4,5]" for more seeds.
 # MODELS="resnet18 mobilenetv3_large_100" runs robust_fashion_resnet.yaml's study with each of these timm
 # models instead of the two backbones (side by side, one thread each; outputs OUT/<model>).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-study=${1:?usage: robustness_denoisers.sh adafactor|closed_form|main_path [OUT]}
+study=${1:?usage: robustness_denoisers.sh adafactor|closed_form|main_path|structures [OUT]}
 out=${2:-runs/robust_$study}
 shift $(($# < 2 ? $# : 2))
 strong="denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2}"
@@ -37,7 +40,16 @@ main_path) main="timestep_stride: 2, targets: main_path"
     denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2, $main}},
   joint_main_closed_form: {finetune: {phases: joint, denoiser_init: closed_form},
     denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2, $main}}}" ;;
-*) echo "unknown study $study: adafactor, closed_form or main_path" >&2; exit 2 ;;
+structures) variants="variants={
+  label_free_strong: {finetune: {phases: denoiser}, $strong},
+  label_free_strong_diagonal: {finetune: {phases: denoiser},
+    denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2, structure: diagonal}},
+  label_free_strong_lowrank16: {finetune: {phases: denoiser},
+    denoise: {timesteps: 100, beta_start: 1.0e-3, beta_end: 0.2, structure: lowrank, rank: 16}},
+  joint: {finetune: {phases: joint}},
+  joint_diagonal: {finetune: {phases: joint}, denoise: {structure: diagonal}},
+  joint_lowrank16: {finetune: {phases: joint}, denoise: {structure: lowrank, rank: 16}}}" ;;
+*) echo "unknown study $study: adafactor, closed_form, main_path or structures" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 run() { # NAME CONFIG [OVERRIDE ...]
