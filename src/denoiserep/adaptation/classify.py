@@ -18,7 +18,7 @@ from denoiserep.models.factory import create_model
 
 from .domains import Domains, accuracy, adaptation_indices, materialize
 from .runner import ModelCalls
-from .source import check_model, load_source_weights
+from .source import check_model, seeded_source_model
 
 
 class SourceStep:
@@ -74,12 +74,8 @@ class ClassifyBenchmark:
     def source_model(self, seed: int, out: Path, progress: bool) -> tuple[nn.Module, list[str]]:
         """The trained (or loaded, and optionally trained further) source model, and notes."""
         cfg = self.cfg
-        torch.manual_seed(seed)
-        model = self.build_model()
-        notes = []
-        if cfg.baseline_weights:
-            classes = f"{self.data.num_classes} classes"
-            notes = load_source_weights(model, cfg.baseline_weights, seed, classes)
+        classes = f"{self.data.num_classes} classes"
+        model, notes = seeded_source_model(self.build_model, cfg.baseline_weights, seed, classes)
         if cfg.source.epochs > 0:
             step = SourceStep(cfg.data.pad, cfg.data.flip)
             where = out / f"seed{seed}" / "source"

@@ -34,7 +34,7 @@ from denoiserep.robustness.corruptions import CorruptedDataset
 
 from .domains import CORRUPTION_SEED, adaptation_indices, materialize
 from .runner import ModelCalls
-from .source import check_model, load_source_weights
+from .source import check_model, seeded_source_model
 
 
 @dataclass
@@ -117,12 +117,8 @@ class ReIDBenchmark:
     def source_model(self, seed: int, out: Path, progress: bool) -> tuple[nn.Module, list[str]]:
         """The BoT model trained on the clean training identities (or loaded), and notes."""
         cfg, r = self.cfg, self.cfg.reid
-        torch.manual_seed(seed)
-        model = self.build_model()
-        notes = []
-        if cfg.baseline_weights:
-            classes = f"{self.num_ids} identities"
-            notes = load_source_weights(model, cfg.baseline_weights, seed, classes)
+        classes = f"{self.num_ids} identities"
+        model, notes = seeded_source_model(self.build_model, cfg.baseline_weights, seed, classes)
         if cfg.source.epochs > 0:
             loss = r.loss
             weights = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -32,3 +34,14 @@ def load_source_weights(model: nn.Module, path: str, seed: int, classes: str) ->
     return [
         f"seed {seed}: classifier head ({', '.join(reset)}) of {path} re-initialised for {classes}"
     ]
+
+
+def seeded_source_model(
+    build: Callable[[], nn.Module], weights: str | None, seed: int, classes: str
+) -> tuple[nn.Module, list[str]]:
+    """A model built under ``seed``, with ``weights`` loaded when given, and the notes
+    :func:`load_source_weights` returns."""
+    torch.manual_seed(seed)
+    model = build()
+    notes = load_source_weights(model, weights, seed, classes) if weights else []
+    return model, notes
