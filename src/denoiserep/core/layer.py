@@ -330,9 +330,9 @@ class DenoiseLayer(nn.Module):
         """A structured, ungrouped layer's W A_t output with W A_t rebuilt in backward, not
         kept (:func:`structured_layer_train`); None where that does not apply."""
         base, w = self.base_layer, self.base_layer.weight
-        if self.structure == "full" or self.groups != 1 or x.dim() != w.dim():
-            return None
         linear = isinstance(base, nn.Linear)
+        if self.structure == "full" or self.groups != 1 or (not linear and x.dim() != w.dim()):
+            return None
         conv = None if linear else zero_padding_conv_arguments(base)
         autocast = torch.is_autocast_enabled(x.device.type) and w.dtype == torch.float32
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else w.dtype
