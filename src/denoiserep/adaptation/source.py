@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from denoiserep.engine.arms import load_baseline_weights
+from denoiserep.util.errors import first_line
 from denoiserep.util.state_dict import read_weights
 
 
@@ -17,7 +18,7 @@ def check_model(model: nn.Module, probe: torch.Tensor, name: str) -> None:
         with torch.no_grad():
             model.eval()(probe)
     except Exception as e:  # noqa: BLE001 - whatever the model raises becomes one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         size = "x".join(str(s) for s in probe.shape[1:])
         raise ValueError(f"model {name} cannot take the data's {size} images ({first})") from None
 

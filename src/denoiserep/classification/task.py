@@ -25,6 +25,7 @@ from denoiserep.models.factory import create_model
 from denoiserep.models.preprocess import check_overrides, override
 from denoiserep.models.weights import check_remap
 from denoiserep.tasks.contract import Task
+from denoiserep.util.errors import first_line
 
 from .datasets import ArrayImageDataset, build_classification_data
 from .report import markdown_table, write_reports
@@ -160,7 +161,7 @@ def check_accepts(model: nn.Module, probe: torch.Tensor, name: str) -> None:
             model.eval()(probe)
     except Exception as e:  # noqa: BLE001 - whatever the model raises becomes one line
         size = "x".join(str(s) for s in probe.shape[1:])
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(
             f"model {name} cannot take the data's {size} images ({first}); set its input size "
             "in model.kwargs (timm ViTs: {img_size: ..., patch_size: ...}, as digits_demo.yaml "
